@@ -1,0 +1,1 @@
+"""The archive every node runs: ingest, query and retrieve, protocol-neutral."""

@@ -1,0 +1,203 @@
+"""The one ingest pipeline behind STOW-RS, C-STORE and media import.
+
+Per batch: parse each staged object's header (rejecting bad ones one by one), make the accepted
+blobs durable (fsync, rename into the content-addressed store), write every index row in one
+transaction, and only then report.  A crash before the index commit leaves orphan blobs, which
+``archive check`` sweeps; it never leaves an index row without its blob.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import BinaryIO, Literal
+
+import orjson
+import structlog
+
+from pixport.archive.staging import StagedFile, StagingFile
+from pixport.config import LimitSettings
+from pixport.dicom.levels import level_documents
+from pixport.dicom.parse import ParsedInstance, ParseLimits, parse_instance
+from pixport.errors import (
+    InstanceRejected,
+    LimitExceeded,
+    MalformedInstance,
+    MissingAttribute,
+    StorageUnavailable,
+)
+from pixport.storage.base import BlobStore, IndexStore, NewInstance, Outcome
+
+log = structlog.get_logger(__name__)
+
+Status = Literal["stored", "duplicate", "conflict", "rejected"]
+
+# DICOM status codes used as STOW-RS FailureReason and C-STORE status (docs/conformance.md).
+OUT_OF_RESOURCES = 0xA700
+DATA_SET_DOES_NOT_MATCH_SOP_CLASS = 0xA900
+CANNOT_UNDERSTAND = 0xC000
+DUPLICATE_CONFLICT = 0x0111  # "Duplicate SOP Instance": same UID, different bytes
+COPY_CHUNK = 1024 * 1024
+
+
+@dataclass(slots=True)
+class InstanceResult:
+    """What happened to one offered object."""
+
+    status: Status
+    sop_class_uid: str | None = None
+    sop_instance_uid: str | None = None
+    study_instance_uid: str | None = None
+    series_instance_uid: str | None = None
+    reason: str | None = None
+    failure_code: int | None = None
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        """Stored now or before: the sender may forget it."""
+        return self.status in {"stored", "duplicate"}
+
+
+def failure_code(error: InstanceRejected) -> int:
+    """The DICOM status for a rejection."""
+    if isinstance(error, LimitExceeded):
+        return OUT_OF_RESOURCES
+    if isinstance(error, MissingAttribute):
+        return DATA_SET_DOES_NOT_MATCH_SOP_CLASS
+    if isinstance(error, MalformedInstance):
+        return CANNOT_UNDERSTAND
+    return CANNOT_UNDERSTAND
+
+
+class IngestPipeline:
+    """Stage, parse, store and index objects."""
+
+    def __init__(self, index: IndexStore, blobs: BlobStore, limits: LimitSettings) -> None:
+        self.index = index
+        self.blobs = blobs
+        self.limits = limits
+        self.parse_limits = ParseLimits(
+            max_element_bytes=limits.max_element_bytes,
+            max_sequence_depth=limits.max_sequence_depth,
+            bulk_data_threshold=limits.bulk_data_threshold,
+        )
+
+    def new_staging_file(self) -> StagingFile:
+        """A temporary file for one incoming object."""
+        return StagingFile(self.blobs.staging_dir, self.limits.max_object_bytes)
+
+    def stage_stream(self, stream: BinaryIO) -> StagedFile:
+        """Copy a readable stream into the staging area."""
+        staging = self.new_staging_file()
+        try:
+            while chunk := stream.read(COPY_CHUNK):
+                staging.write(chunk)
+        except BaseException:
+            staging.abort()
+            raise
+        return staging.finish()
+
+    def ingest_paths(self, paths: Sequence[Path], source: str = "") -> list[InstanceResult]:
+        """Ingest files already on disk (media import): each is copied, never moved."""
+        staged: list[StagedFile | InstanceResult] = []
+        try:
+            for path in paths:
+                try:
+                    with path.open("rb") as stream:
+                        staged.append(self.stage_stream(stream))
+                except LimitExceeded as exc:
+                    staged.append(InstanceResult("rejected", reason=exc.reason, failure_code=OUT_OF_RESOURCES))
+                except OSError as exc:
+                    staged.append(InstanceResult("rejected", reason=f"cannot read file: {exc.strerror}"))
+        except BaseException:
+            self.discard([s for s in staged if isinstance(s, StagedFile)])
+            raise
+        return self.ingest_staged(staged, source)
+
+    def ingest_staged(self, staged: Sequence[StagedFile | InstanceResult], source: str = "") -> list[InstanceResult]:
+        """Parse, store and index staged objects; entries that are results already pass through.
+
+        Raises ``StorageUnavailable`` (``OutOfResources``) if the batch could not be made
+        durable: then nothing of it was indexed, and its temporary files are gone.
+        """
+        results: list[InstanceResult] = []
+        accepted: list[tuple[int, StagedFile, ParsedInstance]] = []
+        try:
+            for item in staged:
+                if isinstance(item, InstanceResult):
+                    results.append(item)
+                    continue
+                try:
+                    parsed = parse_instance(item.path, self.parse_limits)
+                except InstanceRejected as exc:
+                    item.path.unlink(missing_ok=True)
+                    results.append(InstanceResult("rejected", reason=exc.reason, failure_code=failure_code(exc)))
+                    continue
+                results.append(
+                    InstanceResult(
+                        "stored",
+                        sop_class_uid=parsed.sop_class_uid,
+                        sop_instance_uid=parsed.sop_instance_uid,
+                        study_instance_uid=parsed.study_instance_uid,
+                        series_instance_uid=parsed.series_instance_uid,
+                        warnings=parsed.warnings,
+                    )
+                )
+                accepted.append((len(results) - 1, item, parsed))
+            if not accepted:
+                return results
+            self.blobs.put_files([(item.path, item.digest) for _, item, _ in accepted])
+        except BaseException:
+            self.discard([item for _, item, _ in accepted])
+            raise
+        batch = [self._new_instance(item, parsed, source) for _, item, parsed in accepted]
+        outcomes = self.index.store_instances(batch)
+        for (position, item, parsed), outcome in zip(accepted, outcomes, strict=True):
+            result = results[position]
+            if outcome is Outcome.DUPLICATE:
+                result.status = "duplicate"
+            elif outcome is Outcome.CONFLICT:
+                result.status = "conflict"
+                result.failure_code = DUPLICATE_CONFLICT
+                result.reason = (
+                    f"SOP Instance {parsed.sop_instance_uid} is stored already with different content"
+                )
+                log.warning("ingest.conflict", sop_instance_uid=parsed.sop_instance_uid, digest=item.digest)
+        return results
+
+    @staticmethod
+    def _new_instance(item: StagedFile, parsed: ParsedInstance, source: str) -> NewInstance:
+        study_json, series_json, instance_json = level_documents(parsed.metadata)
+        return NewInstance(
+            sop_class_uid=parsed.sop_class_uid,
+            sop_instance_uid=parsed.sop_instance_uid,
+            series_instance_uid=parsed.series_instance_uid,
+            study_instance_uid=parsed.study_instance_uid,
+            digest=item.digest,
+            size=item.size,
+            attributes=parsed.attributes,
+            metadata_json=orjson.dumps(parsed.metadata),
+            study_json=study_json,
+            series_json=series_json,
+            instance_json=instance_json,
+            source=source,
+        )
+
+    @staticmethod
+    def discard(staged: Sequence[StagedFile]) -> None:
+        """Delete temporary files that will not be stored."""
+        for item in staged:
+            item.path.unlink(missing_ok=True)
+
+
+def copy_out(blobs: BlobStore, digest: str, destination: Path) -> None:
+    """Write one stored blob to a file (export, tests)."""
+    try:
+        with blobs.open(digest) as source, destination.open("wb") as target:
+            shutil.copyfileobj(source, target, COPY_CHUNK)
+    except OSError as exc:
+        msg = f"cannot copy blob: {exc.strerror}"
+        raise StorageUnavailable(msg) from exc

@@ -1,0 +1,108 @@
+"""Typed settings, built once at start-up.
+
+Sources, highest priority first: keyword arguments, ``PIXPORT_*`` environment variables
+(nested with ``__``, e.g. ``PIXPORT_STORAGE__BACKEND=scale``), the TOML file named by
+``PIXPORT_CONFIG`` (or passed as ``--config``), then the defaults below.  Every setting is
+documented in ``docs/configuration.md``; a test keeps the two in step.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+MiB = 1024 * 1024
+GiB = 1024 * MiB
+
+
+class HttpSettings(BaseModel):
+    """The HTTP (DICOMweb) listener."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8042, ge=0, le=65535)
+    workers: int = Field(default=1, ge=1, le=64)
+    public_url: str | None = None
+    """Base URL that clients use to reach this node; RetrieveURL and BulkDataURI are built on
+    it.  When unset, the URL of each request is used."""
+
+
+class DimseSettings(BaseModel):
+    """The DICOM (DIMSE) listener."""
+
+    ae_title: str = Field(default="PIXPORT", min_length=1, max_length=16)
+    port: int = Field(default=11112, ge=0, le=65535)
+
+
+class StorageSettings(BaseModel):
+    """Where instances and their index live.  ``wiring.py`` is the only reader of ``backend``."""
+
+    backend: Literal["embedded", "scale"] = "embedded"
+    data_dir: Path = Path("pixport-data")
+    """Embedded: blobs and the SQLite index.  Scale: temporary files during ingest only."""
+    database_url: str | None = None
+    """Scale: SQLAlchemy URL of the PostgreSQL index, e.g.
+    ``postgresql+psycopg://user@127.0.0.1:5432/pixport``."""
+    s3_endpoint_url: str | None = None
+    s3_bucket: str = "pixport"
+    s3_region: str = "us-east-1"
+    s3_access_key_id: str | None = None
+    s3_secret_access_key: str | None = None
+
+
+class LimitSettings(BaseModel):
+    """Hard limits applied to every ingested object, whatever the entry point."""
+
+    max_object_bytes: int = Field(default=2 * GiB, ge=1024)
+    max_request_bytes: int = Field(default=16 * GiB, ge=1024)
+    max_element_bytes: int = Field(default=256 * MiB, ge=1024)
+    """Largest value of any element other than Pixel Data."""
+    max_sequence_depth: int = Field(default=16, ge=1, le=200)
+    bulk_data_threshold: int = Field(default=1024, ge=0)
+    """Binary values longer than this are sent as BulkDataURI in DICOM JSON metadata."""
+
+
+class Settings(BaseSettings):
+    """All of a node's settings."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="PIXPORT_",
+        env_nested_delimiter="__",
+        extra="forbid",
+    )
+
+    http: HttpSettings = HttpSettings()
+    dimse: DimseSettings = DimseSettings()
+    storage: StorageSettings = StorageSettings()
+    limits: LimitSettings = LimitSettings()
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        toml_path = os.environ.get("PIXPORT_CONFIG")
+        if toml_path:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=Path(toml_path)))
+        return tuple(sources)
+
+
+def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
+    """Build the settings; ``config_file`` takes the place of ``PIXPORT_CONFIG``."""
+    if config_file is not None:
+        os.environ["PIXPORT_CONFIG"] = str(config_file)
+    return Settings(**overrides)

@@ -1,0 +1,1 @@
+"""DICOM knowledge: parsing, character sets, names, JSON.  pydicom only; no I/O policy."""

@@ -1,0 +1,309 @@
+"""Parse the header of one stored DICOM object, validate it, and extract what the index needs.
+
+Only the header is parsed (pydicom stops before Pixel Data); the Pixel Data element is then
+checked for its extent by reading item headers, so that a truncated object is refused without
+reading its pixels into memory.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import pydicom
+import pydicom.config
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+from pydicom.tag import Tag
+
+from pixport.dicom.metadata import build_metadata
+from pixport.errors import LimitExceeded, MalformedInstance, MissingAttribute
+
+# We validate ourselves and report per object; pydicom's own validation would only warn.
+pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
+
+PIXEL_DATA_TAGS = frozenset({0x7FE00010, 0x7FE00008, 0x7FE00009})
+DEFLATED = "1.2.840.10008.1.2.1.99"
+ITEM = 0xFFFEE000
+SEQUENCE_DELIMITER = 0xFFFEE0DD
+UNDEFINED_LENGTH = 0xFFFFFFFF
+LONG_VRS = frozenset({b"OB", b"OW", b"OF", b"OD", b"OL", b"OV", b"SQ", b"UT", b"UN", b"UC", b"UR", b"SV", b"UV"})
+UID_FORBIDDEN = frozenset("/\\?#% \t\r\n\x00")
+MAX_UID_LENGTH = 64
+
+
+@dataclass(frozen=True, slots=True)
+class ParseLimits:
+    """Hard limits for one object (see ``LimitSettings``)."""
+
+    max_element_bytes: int = 256 * 1024 * 1024
+    max_sequence_depth: int = 16
+    bulk_data_threshold: int = 1024
+
+
+@dataclass(slots=True)
+class PixelDataExtent:
+    """Where Pixel Data lies in the file, found without reading it."""
+
+    offset: int
+    vr: str
+    encapsulated: bool
+    fragments: int
+
+
+@dataclass(slots=True)
+class ParsedInstance:
+    """What ingest needs to know of one object."""
+
+    sop_class_uid: str
+    sop_instance_uid: str
+    series_instance_uid: str
+    study_instance_uid: str
+    transfer_syntax_uid: str
+    attributes: dict[str, Any]
+    metadata: dict[str, Any]
+    warnings: list[str] = field(default_factory=list)
+
+
+def parse_instance(path: Path, limits: ParseLimits) -> ParsedInstance:
+    """Parse and validate the object at ``path``; raise an ``InstanceRejected`` subclass."""
+    size = path.stat().st_size
+    warnings: list[str] = []
+    with path.open("rb") as fp:
+        dataset = _read_header(fp, limits)
+        position = fp.tell()
+        ts_uid = _transfer_syntax(dataset, warnings)
+        extent: PixelDataExtent | None = None
+        if ts_uid != DEFLATED:
+            if position > size:
+                msg = "object is truncated"
+                raise MalformedInstance(msg)
+            if position < size:
+                extent = _pixel_data_extent(fp, position, size, dataset)
+    uids = _identifying_uids(dataset, warnings)
+    _check_meta(dataset, uids, warnings)
+    _check_depth(dataset, limits.max_sequence_depth, 0)
+    attributes = extract_attributes(dataset, ts_uid, warnings)
+    if extent is not None and extent.encapsulated and "number_of_frames" not in attributes:
+        attributes["number_of_frames"] = 1
+    try:
+        metadata = build_metadata(dataset, uids, limits.bulk_data_threshold, extent.vr if extent else None)
+    except (ValueError, TypeError, OverflowError) as exc:
+        msg = f"attributes cannot be represented as DICOM JSON: {type(exc).__name__}"
+        raise MalformedInstance(msg) from exc
+    return ParsedInstance(
+        sop_class_uid=uids[0],
+        sop_instance_uid=uids[1],
+        series_instance_uid=uids[2],
+        study_instance_uid=uids[3],
+        transfer_syntax_uid=ts_uid,
+        attributes=attributes,
+        metadata=metadata,
+        warnings=warnings,
+    )
+
+
+def _read_header(fp: IO[bytes], limits: ParseLimits) -> Dataset:
+    try:
+        # defer_size keeps an oversized element's value on disk; we refuse it below.
+        dataset = pydicom.dcmread(fp, stop_before_pixels=True, force=True, defer_size=limits.max_element_bytes)
+    except RecursionError as exc:
+        msg = f"sequences nested deeper than {limits.max_sequence_depth} levels"
+        raise LimitExceeded(msg) from exc
+    except (InvalidDicomError, EOFError, struct.error) as exc:
+        msg = "not a DICOM object or truncated header"
+        raise MalformedInstance(msg) from exc
+    except (ValueError, KeyError, NotImplementedError, OSError, UnicodeError, IndexError, TypeError) as exc:
+        msg = f"header cannot be parsed: {type(exc).__name__}"
+        raise MalformedInstance(msg) from exc
+    for element in dataset.elements():
+        length = getattr(element, "length", 0) or 0
+        if element.tag not in PIXEL_DATA_TAGS and length != UNDEFINED_LENGTH and length > limits.max_element_bytes:
+            msg = f"element {Tag(element.tag)} is longer than {limits.max_element_bytes} bytes"
+            raise LimitExceeded(msg)
+    return dataset
+
+
+def _transfer_syntax(dataset: Dataset, warnings: list[str]) -> str:
+    meta = dataset.file_meta
+    ts = str(meta.get("TransferSyntaxUID", "") or "")
+    implicit, little = dataset.original_encoding
+    actual = "1.2.840.10008.1.2" if implicit else ("1.2.840.10008.1.2.1" if little else "1.2.840.10008.1.2.2")
+    if not ts:
+        if meta:
+            warnings.append("File Meta Information has no Transfer Syntax UID; encoding inferred")
+        else:
+            warnings.append("no File Meta Information; encoding inferred")
+        return actual
+    uid = pydicom.uid.UID(ts)
+    if uid.is_transfer_syntax and (uid.is_implicit_VR, uid.is_little_endian) != (implicit, little) and ts != DEFLATED:
+        msg = f"File Meta Transfer Syntax {ts} does not match the data set's encoding"
+        raise MalformedInstance(msg)
+    return ts
+
+
+def _identifying_uids(dataset: Dataset, warnings: list[str]) -> tuple[str, str, str, str]:
+    values = []
+    for keyword in ("SOPClassUID", "SOPInstanceUID", "SeriesInstanceUID", "StudyInstanceUID"):
+        try:
+            value = str(dataset.get(keyword, "") or "").strip().rstrip("\x00")
+        except (ValueError, TypeError) as exc:
+            msg = f"{keyword} cannot be read"
+            raise MalformedInstance(msg) from exc
+        if not value:
+            msg = f"{keyword} is missing or empty"
+            raise MissingAttribute(msg)
+        if len(value) > MAX_UID_LENGTH or any(c in UID_FORBIDDEN for c in value):
+            msg = f"{keyword} is not a usable UID"
+            raise MalformedInstance(msg)
+        if not pydicom.uid.UID(value).is_valid:
+            warnings.append(f"{keyword} {value} is not a conformant UID")
+        values.append(value)
+    return values[0], values[1], values[2], values[3]
+
+
+def _check_meta(dataset: Dataset, uids: tuple[str, str, str, str], warnings: list[str]) -> None:
+    meta = dataset.file_meta
+    if not meta:
+        return
+    for keyword, expected in (("MediaStorageSOPClassUID", uids[0]), ("MediaStorageSOPInstanceUID", uids[1])):
+        value = str(meta.get(keyword, "") or "").strip().rstrip("\x00")
+        if not value:
+            warnings.append(f"File Meta Information has no {keyword}")
+        elif value != expected:
+            # Common in real files (re-identified data sets, old converters); the data set wins.
+            warnings.append(f"File Meta {keyword} does not match the data set; the data set's is used")
+
+
+def _check_depth(dataset: Dataset, limit: int, depth: int) -> None:
+    for element in dataset.elements():
+        if element.VR == "SQ":
+            if depth + 1 > limit:
+                msg = f"sequences nested deeper than {limit} levels"
+                raise LimitExceeded(msg)
+            for item in dataset[element.tag].value:
+                _check_depth(item, limit, depth + 1)
+
+
+def _pixel_data_extent(fp: IO[bytes], position: int, size: int, dataset: Dataset) -> PixelDataExtent:
+    implicit, little = dataset.original_encoding
+    endian = "<" if little else ">"
+    fp.seek(position)
+    head = fp.read(8)
+    if len(head) < 8:  # noqa: PLR2004
+        msg = "object is truncated inside the Pixel Data header"
+        raise MalformedInstance(msg)
+    group, elem = struct.unpack(endian + "HH", head[:4])
+    tag = (group << 16) | elem
+    if tag not in PIXEL_DATA_TAGS:
+        msg = f"unexpected element {Tag(tag)} where Pixel Data was expected"
+        raise MalformedInstance(msg)
+    if implicit:
+        vr = "OW"
+        (length,) = struct.unpack(endian + "L", head[4:8])
+        value_at = position + 8
+    else:
+        vr_bytes = head[4:6]
+        vr = vr_bytes.decode("ascii", "replace")
+        if vr_bytes in LONG_VRS:
+            more = fp.read(4)
+            if len(more) < 4:  # noqa: PLR2004
+                msg = "object is truncated inside the Pixel Data header"
+                raise MalformedInstance(msg)
+            (length,) = struct.unpack(endian + "L", more)
+            value_at = position + 12
+        else:
+            (length,) = struct.unpack(endian + "H", head[6:8])
+            value_at = position + 8
+    if length != UNDEFINED_LENGTH:
+        if value_at + length > size:
+            msg = "Pixel Data is truncated"
+            raise MalformedInstance(msg)
+        return PixelDataExtent(position, vr, encapsulated=False, fragments=0)
+    # Encapsulated: walk the item headers (Basic Offset Table, then fragments) to the delimiter.
+    fp.seek(value_at)
+    items = 0
+    while True:
+        item_head = fp.read(8)
+        if len(item_head) < 8:  # noqa: PLR2004
+            msg = "encapsulated Pixel Data is truncated (no sequence delimiter)"
+            raise MalformedInstance(msg)
+        g, e, item_length = struct.unpack(endian + "HHL", item_head)
+        item_tag = (g << 16) | e
+        if item_tag == SEQUENCE_DELIMITER:
+            return PixelDataExtent(position, "OB", encapsulated=True, fragments=max(items - 1, 0))
+        if item_tag != ITEM or item_length == UNDEFINED_LENGTH:
+            msg = "encapsulated Pixel Data has a malformed item"
+            raise MalformedInstance(msg)
+        if fp.tell() + item_length > size:
+            msg = "encapsulated Pixel Data is truncated"
+            raise MalformedInstance(msg)
+        fp.seek(item_length, 1)
+        items += 1
+
+
+def _text(dataset: Dataset, keyword: str, warnings: list[str]) -> str | None:
+    try:
+        value = dataset.get(keyword)
+    except (ValueError, TypeError, UnicodeError, LookupError):
+        warnings.append(f"{keyword} cannot be decoded")
+        return None
+    if value is None or value == "":
+        return None
+    if isinstance(value, pydicom.multival.MultiValue):
+        return "\\".join(str(v) for v in value)
+    return str(value).strip()
+
+
+def _integer(dataset: Dataset, keyword: str, warnings: list[str]) -> int | None:
+    try:
+        value = dataset.get(keyword)
+        if value is None or value == "":
+            return None
+        if isinstance(value, pydicom.multival.MultiValue):
+            value = value[0]
+        return int(value)
+    except (ValueError, TypeError, OverflowError):
+        warnings.append(f"{keyword} is not a number")
+        return None
+
+
+def extract_attributes(dataset: Dataset, ts_uid: str, warnings: list[str]) -> dict[str, Any]:
+    """The attributes the index stores in columns, decoded with the object's character set."""
+    text = {
+        "patient_id": "PatientID",
+        "issuer_of_patient_id": "IssuerOfPatientID",
+        "patient_name": "PatientName",
+        "patient_birth_date": "PatientBirthDate",
+        "patient_sex": "PatientSex",
+        "study_date": "StudyDate",
+        "study_time": "StudyTime",
+        "accession_number": "AccessionNumber",
+        "study_id": "StudyID",
+        "study_description": "StudyDescription",
+        "referring_physician_name": "ReferringPhysicianName",
+        "modality": "Modality",
+        "series_description": "SeriesDescription",
+        "series_date": "SeriesDate",
+        "body_part_examined": "BodyPartExamined",
+        "performed_procedure_step_start_date": "PerformedProcedureStepStartDate",
+        "performed_procedure_step_start_time": "PerformedProcedureStepStartTime",
+        "specific_character_set": "SpecificCharacterSet",
+    }
+    numbers = {
+        "series_number": "SeriesNumber",
+        "instance_number": "InstanceNumber",
+        "number_of_frames": "NumberOfFrames",
+        "rows": "Rows",
+        "columns": "Columns",
+    }
+    attributes: dict[str, Any] = {column: _text(dataset, keyword, warnings) for column, keyword in text.items()}
+    attributes.update({column: _integer(dataset, keyword, warnings) for column, keyword in numbers.items()})
+    attributes["transfer_syntax_uid"] = ts_uid
+    for column in ("study_date", "patient_birth_date", "series_date", "performed_procedure_step_start_date"):
+        value = attributes[column]
+        if value is not None:
+            attributes[column] = value.replace(".", "")[:8]  # tolerate ACR-NEMA style dates
+    return attributes

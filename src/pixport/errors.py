@@ -1,0 +1,64 @@
+"""PixPort's exception tree.  Messages carry UIDs and internal ids, never patient data.
+
+    PixportError
+    ├── ConfigurationError
+    ├── StorageUnavailable          a backend failed (database, object store, filesystem)
+    │   └── OutOfResources          disk full, or a hard limit reached
+    ├── InstanceRejected            one object refused at ingest (reason in .reason)
+    │   ├── MalformedInstance       not parseable DICOM, truncated, bad meta
+    │   ├── MissingAttribute        no Study/Series/SOP Instance UID, SOP Class UID
+    │   ├── LimitExceeded           object, element or nesting over a limit
+    │   └── InstanceConflict        same SOP Instance UID, different bytes
+    ├── NotFound                    no such study / series / instance / frame
+    └── BadQuery                    a query parameter that cannot be understood
+"""
+
+from __future__ import annotations
+
+
+class PixportError(Exception):
+    """Base class of every error PixPort raises on purpose."""
+
+
+class ConfigurationError(PixportError):
+    """The settings cannot be used as they are."""
+
+
+class StorageUnavailable(PixportError):
+    """A storage backend failed; the operation had no effect."""
+
+
+class OutOfResources(StorageUnavailable):
+    """No space left, or another resource exhausted; nothing was stored."""
+
+
+class InstanceRejected(PixportError):
+    """One object was refused at ingest.  ``reason`` is safe to show to the sender."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class MalformedInstance(InstanceRejected):
+    """The bytes are not a DICOM object that can be stored."""
+
+
+class MissingAttribute(InstanceRejected):
+    """A required identifying attribute is absent or empty."""
+
+
+class LimitExceeded(InstanceRejected):
+    """The object is over a configured hard limit."""
+
+
+class InstanceConflict(InstanceRejected):
+    """An instance with this SOP Instance UID is stored already with different bytes."""
+
+
+class NotFound(PixportError):
+    """The requested resource does not exist."""
+
+
+class BadQuery(PixportError):
+    """A query parameter cannot be understood."""

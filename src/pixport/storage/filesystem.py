@@ -1,0 +1,91 @@
+"""Blobs as files under their SHA-256: ``blobs/ab/cd/abcd…``.  No DICOM attribute is ever a path."""
+
+from __future__ import annotations
+
+import errno
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import IO
+
+from pixport.errors import NotFound, OutOfResources, StorageUnavailable
+
+HEX = frozenset("0123456789abcdef")
+DIGEST_LENGTH = 64
+
+
+def _check_digest(digest: str) -> None:
+    if len(digest) != DIGEST_LENGTH or not HEX.issuperset(digest):
+        msg = "not a SHA-256 digest"
+        raise ValueError(msg)
+
+
+def fsync_path(path: Path, *, directory: bool = False) -> None:
+    """fsync a file or directory by path."""
+    fd = os.open(path, os.O_RDONLY | (os.O_DIRECTORY if directory else 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class FilesystemBlobStore:
+    """The embedded blob store: one file per distinct object, written by fsync and rename."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.blobs = root / "blobs"
+        self._staging = root / "tmp"
+        self.blobs.mkdir(parents=True, exist_ok=True)
+        self._staging.mkdir(parents=True, exist_ok=True)
+
+    @property
+    def staging_dir(self) -> Path:
+        return self._staging
+
+    def path_of(self, digest: str) -> Path:
+        """Where the blob for ``digest`` lives."""
+        _check_digest(digest)
+        return self.blobs / digest[:2] / digest[2:4] / digest
+
+    def put_files(self, files: Sequence[tuple[Path, str]]) -> None:
+        dirty_dirs: set[Path] = set()
+        try:
+            for temp, digest in files:
+                final = self.path_of(digest)
+                if final.exists():
+                    temp.unlink(missing_ok=True)
+                    continue
+                fsync_path(temp)
+                if not final.parent.exists():
+                    final.parent.mkdir(parents=True, exist_ok=True)
+                    dirty_dirs.update((final.parent.parent, self.blobs))
+                temp.replace(final)
+                dirty_dirs.add(final.parent)
+            for directory in dirty_dirs:
+                fsync_path(directory, directory=True)
+        except OSError as exc:
+            if exc.errno in {errno.ENOSPC, errno.EDQUOT}:
+                msg = "no space left on the blob store"
+                raise OutOfResources(msg) from exc
+            msg = f"blob store failed: {exc.strerror}"
+            raise StorageUnavailable(msg) from exc
+
+    def open(self, digest: str) -> IO[bytes]:
+        try:
+            return self.path_of(digest).open("rb")
+        except FileNotFoundError as exc:
+            msg = f"blob {digest} is missing"
+            raise NotFound(msg) from exc
+
+    def exists(self, digest: str) -> bool:
+        return self.path_of(digest).exists()
+
+    def iter_blobs(self) -> Iterator[tuple[str, float]]:
+        for first in sorted(self.blobs.iterdir()):
+            for second in sorted(first.iterdir()):
+                for blob in sorted(second.iterdir()):
+                    yield blob.name, blob.stat().st_mtime
+
+    def delete(self, digest: str) -> None:
+        self.path_of(digest).unlink(missing_ok=True)

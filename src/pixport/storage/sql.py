@@ -1,0 +1,549 @@
+"""The index on SQLAlchemy Core: one schema and one implementation for SQLite and PostgreSQL.
+
+The backends differ only in how they are connected (``sqlite.py``, ``postgres.py``).
+Counts and ModalitiesInStudy are computed for each result page, never stored, so they cannot
+drift from the rows they count.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections import defaultdict
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    ColumnElement,
+    Engine,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    Select,
+    String,
+    Table,
+    Text,
+    and_,
+    exists,
+    func,
+    or_,
+    select,
+)
+from sqlalchemy.engine import Connection
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
+
+from pixport.dicom.names import search_forms
+from pixport.errors import BadQuery, OutOfResources, StorageUnavailable
+from pixport.storage.base import (
+    Conflict,
+    Match,
+    NewInstance,
+    Outcome,
+    Query,
+    QueryRow,
+    StoredInstance,
+)
+
+metadata = MetaData()
+
+studies = Table(
+    "studies",
+    metadata,
+    Column("pk", Integer, primary_key=True),
+    Column("study_instance_uid", String(64), nullable=False, unique=True),
+    Column("patient_id", Text),
+    Column("issuer_of_patient_id", Text),
+    Column("patient_name_groups", Text),
+    Column("patient_name_tokens", Text),
+    Column("patient_birth_date", String(16)),
+    Column("patient_sex", String(16)),
+    Column("study_date", String(16)),
+    Column("study_time", String(32)),
+    Column("accession_number", Text),
+    Column("study_id", Text),
+    Column("study_description", Text),
+    Column("referring_physician_name_groups", Text),
+    Column("referring_physician_name_tokens", Text),
+    Column("study_json", LargeBinary, nullable=False),
+    Column("created_at", String(32), nullable=False),
+)
+Index("ix_studies_patient_id", studies.c.patient_id)
+Index("ix_studies_study_date", studies.c.study_date)
+Index("ix_studies_accession_number", studies.c.accession_number)
+
+series = Table(
+    "series",
+    metadata,
+    Column("pk", Integer, primary_key=True),
+    Column("series_instance_uid", String(64), nullable=False, unique=True),
+    Column("study_pk", Integer, ForeignKey("studies.pk"), nullable=False),
+    Column("modality", String(16)),
+    Column("series_number", Integer),
+    Column("series_description", Text),
+    Column("series_date", String(16)),
+    Column("body_part_examined", Text),
+    Column("performed_procedure_step_start_date", String(16)),
+    Column("performed_procedure_step_start_time", String(32)),
+    Column("series_json", LargeBinary, nullable=False),
+)
+Index("ix_series_study_pk", series.c.study_pk)
+Index("ix_series_modality", series.c.modality)
+
+instances = Table(
+    "instances",
+    metadata,
+    Column("pk", Integer, primary_key=True),
+    Column("sop_instance_uid", String(64), nullable=False, unique=True),
+    Column("series_pk", Integer, ForeignKey("series.pk"), nullable=False),
+    Column("study_pk", Integer, ForeignKey("studies.pk"), nullable=False),
+    Column("sop_class_uid", String(64), nullable=False),
+    Column("instance_number", Integer),
+    Column("number_of_frames", Integer),
+    Column("rows", Integer),
+    Column("columns", Integer),
+    Column("transfer_syntax_uid", String(64), nullable=False),
+    Column("digest", String(64), nullable=False),
+    Column("size", BigInteger, nullable=False),
+    Column("instance_json", LargeBinary, nullable=False),
+    Column("metadata_json", LargeBinary, nullable=False),
+    Column("source", Text, nullable=False),
+    Column("received_at", String(32), nullable=False),
+)
+Index("ix_instances_series_pk", instances.c.series_pk, instances.c.instance_number)
+Index("ix_instances_study_pk", instances.c.study_pk)
+Index("ix_instances_digest", instances.c.digest)
+
+conflicts = Table(
+    "conflicts",
+    metadata,
+    Column("pk", Integer, primary_key=True),
+    Column("sop_instance_uid", String(64), nullable=False),
+    Column("stored_digest", String(64), nullable=False),
+    Column("offered_digest", String(64), nullable=False),
+    Column("source", Text, nullable=False),
+    Column("received_at", String(32), nullable=False),
+)
+
+STUDY_COLUMNS: dict[str, ColumnElement[Any]] = {
+    "study_instance_uid": studies.c.study_instance_uid,
+    "patient_id": studies.c.patient_id,
+    "issuer_of_patient_id": studies.c.issuer_of_patient_id,
+    "patient_name": studies.c.patient_name_groups,
+    "patient_birth_date": studies.c.patient_birth_date,
+    "patient_sex": studies.c.patient_sex,
+    "study_date": studies.c.study_date,
+    "study_time": studies.c.study_time,
+    "accession_number": studies.c.accession_number,
+    "study_id": studies.c.study_id,
+    "study_description": studies.c.study_description,
+    "referring_physician_name": studies.c.referring_physician_name_groups,
+}
+SERIES_COLUMNS: dict[str, ColumnElement[Any]] = {
+    "series_instance_uid": series.c.series_instance_uid,
+    "modality": series.c.modality,
+    "series_number": series.c.series_number,
+    "series_description": series.c.series_description,
+    "series_date": series.c.series_date,
+    "body_part_examined": series.c.body_part_examined,
+    "performed_procedure_step_start_date": series.c.performed_procedure_step_start_date,
+    "performed_procedure_step_start_time": series.c.performed_procedure_step_start_time,
+}
+INSTANCE_COLUMNS: dict[str, ColumnElement[Any]] = {
+    "sop_instance_uid": instances.c.sop_instance_uid,
+    "sop_class_uid": instances.c.sop_class_uid,
+    "instance_number": instances.c.instance_number,
+    "number_of_frames": instances.c.number_of_frames,
+}
+TOKEN_COLUMNS: dict[str, ColumnElement[Any]] = {
+    "patient_name": studies.c.patient_name_tokens,
+    "referring_physician_name": studies.c.referring_physician_name_tokens,
+}
+INTEGER_ATTRIBUTES = frozenset({"series_number", "instance_number", "number_of_frames"})
+TIME_ATTRIBUTES = frozenset({"study_time", "performed_procedure_step_start_time"})
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.UTC).isoformat(timespec="microseconds")
+
+
+def like_pattern(value: str) -> str:
+    """DICOM wildcards to a SQL LIKE pattern with ``\\`` as the escape character."""
+    escaped = value.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return escaped.replace("*", "%").replace("?", "_")
+
+
+InsertFactory = Callable[[Table], Any]
+
+
+class SqlIndexStore:
+    """Index on any SQLAlchemy engine whose dialect offers ``insert().on_conflict_do_nothing``."""
+
+    def __init__(self, engine: Engine, insert: InsertFactory, write_engine: Engine | None = None) -> None:
+        self.engine = engine
+        self.write_engine = write_engine or engine
+        self._insert = insert
+
+    def create_schema(self) -> None:
+        """Create tables and indexes that do not exist yet."""
+        with self._errors():
+            metadata.create_all(self.write_engine)
+
+    def close(self) -> None:
+        self.engine.dispose()
+        if self.write_engine is not self.engine:
+            self.write_engine.dispose()
+
+    # -- writing --------------------------------------------------------------------------
+
+    def store_instances(self, batch: Sequence[NewInstance]) -> list[Outcome]:
+        with self._errors(), self.write_engine.begin() as conn:
+            return [self._store_one(conn, item) for item in batch]
+
+    def _store_one(self, conn: Connection, item: NewInstance) -> Outcome:
+        now = _now()
+        study_pk = self._get_or_create(
+            conn, studies, studies.c.study_instance_uid, item.study_instance_uid, self._study_row(item, now)
+        )
+        series_pk = self._get_or_create(
+            conn, series, series.c.series_instance_uid, item.series_instance_uid, self._series_row(item, study_pk)
+        )
+        a = item.attributes
+        row = {
+            "sop_instance_uid": item.sop_instance_uid,
+            "series_pk": series_pk,
+            "study_pk": study_pk,
+            "sop_class_uid": item.sop_class_uid,
+            "instance_number": a.get("instance_number"),
+            "number_of_frames": a.get("number_of_frames"),
+            "rows": a.get("rows"),
+            "columns": a.get("columns"),
+            "transfer_syntax_uid": a.get("transfer_syntax_uid") or "",
+            "digest": item.digest,
+            "size": item.size,
+            "instance_json": item.instance_json,
+            "metadata_json": item.metadata_json,
+            "source": item.source,
+            "received_at": now,
+        }
+        inserted = conn.execute(
+            self._insert(instances).values(row).on_conflict_do_nothing().returning(instances.c.pk)
+        ).first()
+        if inserted is not None:
+            return Outcome.STORED
+        stored_digest = conn.execute(
+            select(instances.c.digest).where(instances.c.sop_instance_uid == item.sop_instance_uid)
+        ).scalar_one()
+        if stored_digest == item.digest:
+            return Outcome.DUPLICATE
+        conn.execute(
+            conflicts.insert().values(
+                sop_instance_uid=item.sop_instance_uid,
+                stored_digest=stored_digest,
+                offered_digest=item.digest,
+                source=item.source,
+                received_at=now,
+            )
+        )
+        return Outcome.CONFLICT
+
+    def _get_or_create(
+        self, conn: Connection, table: Table, uid_column: Column[Any], uid: str, row: dict[str, Any]
+    ) -> int:
+        pk = conn.execute(select(table.c.pk).where(uid_column == uid)).scalar()
+        if pk is not None:
+            return int(pk)
+        inserted = conn.execute(self._insert(table).values(row).on_conflict_do_nothing().returning(table.c.pk)).scalar()
+        if inserted is None:  # a concurrent writer created it first
+            inserted = conn.execute(select(table.c.pk).where(uid_column == uid)).scalar_one()
+        return int(inserted)
+
+    @staticmethod
+    def _study_row(item: NewInstance, now: str) -> dict[str, Any]:
+        a = item.attributes
+        patient_groups, patient_tokens = search_forms(a.get("patient_name") or "")
+        physician_groups, physician_tokens = search_forms(a.get("referring_physician_name") or "")
+        return {
+            "study_instance_uid": item.study_instance_uid,
+            "patient_id": a.get("patient_id"),
+            "issuer_of_patient_id": a.get("issuer_of_patient_id"),
+            "patient_name_groups": patient_groups,
+            "patient_name_tokens": patient_tokens,
+            "patient_birth_date": a.get("patient_birth_date"),
+            "patient_sex": a.get("patient_sex"),
+            "study_date": a.get("study_date"),
+            "study_time": (a.get("study_time") or "").replace(":", "") or None,
+            "accession_number": a.get("accession_number"),
+            "study_id": a.get("study_id"),
+            "study_description": a.get("study_description"),
+            "referring_physician_name_groups": physician_groups,
+            "referring_physician_name_tokens": physician_tokens,
+            "study_json": item.study_json,
+            "created_at": now,
+        }
+
+    @staticmethod
+    def _series_row(item: NewInstance, study_pk: int) -> dict[str, Any]:
+        a = item.attributes
+        return {
+            "series_instance_uid": item.series_instance_uid,
+            "study_pk": study_pk,
+            "modality": a.get("modality"),
+            "series_number": a.get("series_number"),
+            "series_description": a.get("series_description"),
+            "series_date": a.get("series_date"),
+            "body_part_examined": a.get("body_part_examined"),
+            "performed_procedure_step_start_date": a.get("performed_procedure_step_start_date"),
+            "performed_procedure_step_start_time": (a.get("performed_procedure_step_start_time") or "").replace(":", "")
+            or None,
+            "series_json": item.series_json,
+        }
+
+    # -- reading --------------------------------------------------------------------------
+
+    def search(self, query: Query) -> list[QueryRow]:
+        with self._errors(), self.engine.connect() as conn:
+            if query.level == "study":
+                return self._search_studies(conn, query)
+            if query.level == "series":
+                return self._search_series(conn, query)
+            return self._search_instances(conn, query)
+
+    def _conditions(self, query: Query) -> list[ColumnElement[bool]]:
+        columns: dict[str, ColumnElement[Any]] = dict(STUDY_COLUMNS)
+        if query.level in {"series", "instance"}:
+            columns.update(SERIES_COLUMNS)
+        if query.level == "instance":
+            columns.update(INSTANCE_COLUMNS)
+        conditions: list[ColumnElement[bool]] = []
+        if query.study_instance_uid is not None:
+            conditions.append(studies.c.study_instance_uid == query.study_instance_uid)
+        if query.series_instance_uid is not None:
+            conditions.append(series.c.series_instance_uid == query.series_instance_uid)
+        for match in query.matches:
+            if match.attribute == "modalities_in_study":
+                conditions.append(self._modalities_condition(match))
+                continue
+            column = columns.get(match.attribute)
+            if column is None:
+                msg = f"{match.attribute} cannot be matched at {query.level} level"
+                raise BadQuery(msg)
+            conditions.append(self._condition(match, column))
+        return conditions
+
+    @staticmethod
+    def _condition(match: Match, column: ColumnElement[Any]) -> ColumnElement[bool]:
+        value = match.value
+        if match.attribute in INTEGER_ATTRIBUTES and match.kind in {"single", "uids"}:
+            try:
+                value = int(value) if match.kind == "single" else [int(v) for v in value]
+            except ValueError as exc:
+                msg = f"{match.attribute} must be a number"
+                raise BadQuery(msg) from exc
+        if match.kind == "single":
+            return column == value
+        if match.kind == "uids":
+            return column.in_(list(value))
+        if match.kind == "wildcard":
+            return column.like(like_pattern(value), escape="\\")
+        if match.kind == "range":
+            low, high = value
+            parts: list[ColumnElement[bool]] = []
+            if low:
+                parts.append(column >= low)
+            if high:
+                parts.append(column <= (high + "~" if match.attribute in TIME_ATTRIBUTES else high))
+            return and_(*parts)
+        if match.kind == "name":
+            groups = [g for g in value.split("=") if g]
+            return or_(*(column.like("%=" + like_pattern(g) + "=%", escape="\\") for g in groups))
+        if match.kind == "fuzzy":
+            tokens_column = TOKEN_COLUMNS[match.attribute]
+            words = [w for w in value.replace("^", " ").replace("=", " ").split() if w]
+            return and_(*(tokens_column.like("% " + like_pattern(w) + "%", escape="\\") for w in words))
+        msg = f"unknown match kind {match.kind}"
+        raise BadQuery(msg)
+
+    @staticmethod
+    def _modalities_condition(match: Match) -> ColumnElement[bool]:
+        values = list(match.value) if match.kind == "uids" else [match.value]
+        if match.kind == "wildcard":
+            cond = series.c.modality.like(like_pattern(match.value), escape="\\")
+        else:
+            cond = series.c.modality.in_(values)
+        return exists(select(series.c.pk).where(series.c.study_pk == studies.c.pk, cond))
+
+    def _page(self, stmt: Select[Any], query: Query) -> Select[Any]:
+        return stmt.limit(query.limit).offset(query.offset)
+
+    def _search_studies(self, conn: Connection, query: Query) -> list[QueryRow]:
+        stmt = select(studies.c.pk, studies.c.study_instance_uid, studies.c.study_json).where(*self._conditions(query))
+        rows = conn.execute(self._page(stmt.order_by(studies.c.pk), query)).all()
+        pks = [r.pk for r in rows]
+        modalities: defaultdict[int, set[str]] = defaultdict(set)
+        series_counts: defaultdict[int, int] = defaultdict(int)
+        instance_counts: dict[int, int] = {}
+        if pks:
+            for study_pk, modality in conn.execute(
+                select(series.c.study_pk, series.c.modality).where(series.c.study_pk.in_(pks))
+            ):
+                series_counts[study_pk] += 1
+                if modality:
+                    modalities[study_pk].add(modality)
+            instance_counts = dict(
+                conn.execute(  # type: ignore[arg-type]
+                    select(instances.c.study_pk, func.count())
+                    .where(instances.c.study_pk.in_(pks))
+                    .group_by(instances.c.study_pk)
+                ).all()
+            )
+        return [
+            QueryRow(
+                study_instance_uid=r.study_instance_uid,
+                series_instance_uid=None,
+                sop_instance_uid=None,
+                documents=[r.study_json],
+                modalities_in_study=sorted(modalities[r.pk]),
+                number_of_series=series_counts[r.pk],
+                number_of_instances=instance_counts.get(r.pk, 0),
+            )
+            for r in rows
+        ]
+
+    def _search_series(self, conn: Connection, query: Query) -> list[QueryRow]:
+        stmt = (
+            select(series.c.pk, studies.c.study_instance_uid, series.c.series_instance_uid, studies.c.study_json, series.c.series_json)
+            .join(studies, series.c.study_pk == studies.c.pk)
+            .where(*self._conditions(query))
+        )
+        rows = conn.execute(self._page(stmt.order_by(series.c.pk), query)).all()
+        pks = [r.pk for r in rows]
+        counts: dict[int, int] = {}
+        if pks:
+            counts = dict(
+                conn.execute(  # type: ignore[arg-type]
+                    select(instances.c.series_pk, func.count())
+                    .where(instances.c.series_pk.in_(pks))
+                    .group_by(instances.c.series_pk)
+                ).all()
+            )
+        return [
+            QueryRow(
+                study_instance_uid=r.study_instance_uid,
+                series_instance_uid=r.series_instance_uid,
+                sop_instance_uid=None,
+                documents=[r.study_json, r.series_json],
+                number_of_instances=counts.get(r.pk, 0),
+            )
+            for r in rows
+        ]
+
+    def _search_instances(self, conn: Connection, query: Query) -> list[QueryRow]:
+        stmt = (
+            select(
+                studies.c.study_instance_uid,
+                series.c.series_instance_uid,
+                instances.c.sop_instance_uid,
+                studies.c.study_json,
+                series.c.series_json,
+                instances.c.instance_json,
+            )
+            .select_from(instances.join(series, instances.c.series_pk == series.c.pk).join(studies, instances.c.study_pk == studies.c.pk))
+            .where(*self._conditions(query))
+            .order_by(instances.c.series_pk, instances.c.instance_number, instances.c.pk)
+        )
+        return [
+            QueryRow(
+                study_instance_uid=r.study_instance_uid,
+                series_instance_uid=r.series_instance_uid,
+                sop_instance_uid=r.sop_instance_uid,
+                documents=[r.study_json, r.series_json, r.instance_json],
+            )
+            for r in conn.execute(self._page(stmt, query))
+        ]
+
+    def _scope(
+        self, columns: Sequence[Any], study_uid: str, series_uid: str | None, sop_uid: str | None
+    ) -> Select[Any]:
+        stmt = (
+            select(*columns)
+            .select_from(instances.join(series, instances.c.series_pk == series.c.pk).join(studies, instances.c.study_pk == studies.c.pk))
+            .where(studies.c.study_instance_uid == study_uid)
+        )
+        if series_uid is not None:
+            stmt = stmt.where(series.c.series_instance_uid == series_uid)
+        if sop_uid is not None:
+            stmt = stmt.where(instances.c.sop_instance_uid == sop_uid)
+        return stmt.order_by(series.c.series_number, series.c.pk, instances.c.instance_number, instances.c.pk)
+
+    def list_instances(
+        self, study_instance_uid: str, series_instance_uid: str | None = None, sop_instance_uid: str | None = None
+    ) -> list[StoredInstance]:
+        columns = [
+            studies.c.study_instance_uid,
+            series.c.series_instance_uid,
+            instances.c.sop_instance_uid,
+            instances.c.sop_class_uid,
+            instances.c.transfer_syntax_uid,
+            instances.c.digest,
+            instances.c.size,
+            instances.c.number_of_frames,
+        ]
+        with self._errors(), self.engine.connect() as conn:
+            return [
+                StoredInstance(*row)
+                for row in conn.execute(self._scope(columns, study_instance_uid, series_instance_uid, sop_instance_uid))
+            ]
+
+    def list_metadata(
+        self, study_instance_uid: str, series_instance_uid: str | None = None, sop_instance_uid: str | None = None
+    ) -> list[bytes]:
+        stmt = self._scope([instances.c.metadata_json], study_instance_uid, series_instance_uid, sop_instance_uid)
+        with self._errors(), self.engine.connect() as conn:
+            return [bytes(row[0]) for row in conn.execute(stmt)]
+
+    def list_conflicts(self) -> list[Conflict]:
+        stmt = select(
+            conflicts.c.sop_instance_uid,
+            conflicts.c.stored_digest,
+            conflicts.c.offered_digest,
+            conflicts.c.source,
+            conflicts.c.received_at,
+        ).order_by(conflicts.c.pk)
+        with self._errors(), self.engine.connect() as conn:
+            return [Conflict(*row) for row in conn.execute(stmt)]
+
+    def iter_digests(self) -> Iterator[tuple[str, str]]:
+        with self._errors(), self.engine.connect() as conn:
+            result = conn.execution_options(yield_per=1000).execute(
+                select(instances.c.sop_instance_uid, instances.c.digest).order_by(instances.c.pk)
+            )
+            for sop_uid, digest in result:
+                yield sop_uid, digest
+
+    def count_instances(self) -> int:
+        with self._errors(), self.engine.connect() as conn:
+            return int(conn.execute(select(func.count()).select_from(instances)).scalar_one())
+
+    def _errors(self) -> _ErrorMapper:
+        return _ErrorMapper()
+
+
+class _ErrorMapper:
+    """Wrap driver errors in PixPort's (disk full stays distinguishable)."""
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
+        if exc is None or not isinstance(exc, DBAPIError) or isinstance(exc, IntegrityError):
+            return
+        text = str(exc.orig).lower()
+        if "full" in text or "no space" in text:
+            msg = "no space left for the index"
+            raise OutOfResources(msg) from exc
+        if isinstance(exc, OperationalError | DBAPIError):
+            msg = f"index unavailable: {type(exc.orig).__name__}"
+            raise StorageUnavailable(msg) from exc
