@@ -1,16 +1,16 @@
 """PixPort's exception tree.  Messages carry UIDs and internal ids, never patient data.
 
-    PixportError
-    ├── ConfigurationError
-    ├── StorageUnavailable          a backend failed (database, object store, filesystem)
-    │   └── OutOfResources          disk full, or a hard limit reached
-    ├── InstanceRejected            one object refused at ingest (reason in .reason)
-    │   ├── MalformedInstance       not parseable DICOM, truncated, bad meta
-    │   ├── MissingAttribute        no Study/Series/SOP Instance UID, SOP Class UID
-    │   ├── LimitExceeded           object, element or nesting over a limit
-    │   └── InstanceConflict        same SOP Instance UID, different bytes
-    ├── NotFound                    no such study / series / instance / frame
-    └── BadQuery                    a query parameter that cannot be understood
+PixportError
+├── ConfigurationError
+├── StorageUnavailable          a backend failed (database, object store, filesystem)
+│   └── OutOfResources          disk full, or a hard limit reached
+├── InstanceRejected            one object refused at ingest (reason in .reason)
+│   ├── MalformedInstance       not parseable DICOM, truncated, bad meta
+│   ├── MissingAttribute        no Study/Series/SOP Instance UID, SOP Class UID
+│   ├── LimitExceeded           object, element or nesting over a limit
+│   └── InstanceConflict        same SOP Instance UID, different bytes
+├── NotFound                    no such study / series / instance / frame
+└── BadQuery                    a query parameter that cannot be understood
 """
 
 from __future__ import annotations

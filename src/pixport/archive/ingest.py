@@ -162,9 +162,7 @@ class IngestPipeline:
             elif outcome is Outcome.CONFLICT:
                 result.status = "conflict"
                 result.failure_code = DUPLICATE_CONFLICT
-                result.reason = (
-                    f"SOP Instance {parsed.sop_instance_uid} is stored already with different content"
-                )
+                result.reason = f"SOP Instance {parsed.sop_instance_uid} is stored already with different content"
                 log.warning("ingest.conflict", sop_instance_uid=parsed.sop_instance_uid, digest=item.digest)
         return results
 

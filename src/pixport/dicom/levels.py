@@ -1,5 +1,8 @@
-"""Which attributes belong to which query level (PS3.18 Table 10.6.3-3 and the Patient/Study
-modules), used to cut an instance's DICOM JSON into study, series and instance pieces."""
+"""Which attributes belong to which query level.
+
+From PS3.18 Table 10.6.3-3 and the Patient/Study modules; used to cut an instance's DICOM JSON
+into study, series and instance pieces.
+"""
 
 from __future__ import annotations
 

@@ -21,7 +21,7 @@ def _check_digest(digest: str) -> None:
 
 
 def fsync_path(path: Path, *, directory: bool = False) -> None:
-    """fsync a file or directory by path."""
+    """Fsync a file or directory by path."""
     fd = os.open(path, os.O_RDONLY | (os.O_DIRECTORY if directory else 0))
     try:
         os.fsync(fd)

@@ -170,7 +170,7 @@ def _now() -> str:
 
 
 def like_pattern(value: str) -> str:
-    """DICOM wildcards to a SQL LIKE pattern with ``\\`` as the escape character."""
+    """DICOM wildcards to a SQL LIKE pattern, backslash being the escape character."""
     escaped = value.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
     return escaped.replace("*", "%").replace("?", "_")
 
@@ -343,7 +343,8 @@ class SqlIndexStore:
                 msg = f"{match.attribute} must be a number"
                 raise BadQuery(msg) from exc
         if match.kind == "single":
-            return column == value
+            equal: ColumnElement[bool] = column == value
+            return equal
         if match.kind == "uids":
             return column.in_(list(value))
         if match.kind == "wildcard":
@@ -393,7 +394,7 @@ class SqlIndexStore:
                 if modality:
                     modalities[study_pk].add(modality)
             instance_counts = dict(
-                conn.execute(  # type: ignore[arg-type]
+                conn.execute(
                     select(instances.c.study_pk, func.count())
                     .where(instances.c.study_pk.in_(pks))
                     .group_by(instances.c.study_pk)
@@ -414,7 +415,13 @@ class SqlIndexStore:
 
     def _search_series(self, conn: Connection, query: Query) -> list[QueryRow]:
         stmt = (
-            select(series.c.pk, studies.c.study_instance_uid, series.c.series_instance_uid, studies.c.study_json, series.c.series_json)
+            select(
+                series.c.pk,
+                studies.c.study_instance_uid,
+                series.c.series_instance_uid,
+                studies.c.study_json,
+                series.c.series_json,
+            )
             .join(studies, series.c.study_pk == studies.c.pk)
             .where(*self._conditions(query))
         )
@@ -423,7 +430,7 @@ class SqlIndexStore:
         counts: dict[int, int] = {}
         if pks:
             counts = dict(
-                conn.execute(  # type: ignore[arg-type]
+                conn.execute(
                     select(instances.c.series_pk, func.count())
                     .where(instances.c.series_pk.in_(pks))
                     .group_by(instances.c.series_pk)
@@ -450,7 +457,11 @@ class SqlIndexStore:
                 series.c.series_json,
                 instances.c.instance_json,
             )
-            .select_from(instances.join(series, instances.c.series_pk == series.c.pk).join(studies, instances.c.study_pk == studies.c.pk))
+            .select_from(
+                instances.join(series, instances.c.series_pk == series.c.pk).join(
+                    studies, instances.c.study_pk == studies.c.pk
+                )
+            )
             .where(*self._conditions(query))
             .order_by(instances.c.series_pk, instances.c.instance_number, instances.c.pk)
         )
@@ -469,7 +480,11 @@ class SqlIndexStore:
     ) -> Select[Any]:
         stmt = (
             select(*columns)
-            .select_from(instances.join(series, instances.c.series_pk == series.c.pk).join(studies, instances.c.study_pk == studies.c.pk))
+            .select_from(
+                instances.join(series, instances.c.series_pk == series.c.pk).join(
+                    studies, instances.c.study_pk == studies.c.pk
+                )
+            )
             .where(studies.c.study_instance_uid == study_uid)
         )
         if series_uid is not None:
@@ -520,8 +535,7 @@ class SqlIndexStore:
             result = conn.execution_options(yield_per=1000).execute(
                 select(instances.c.sop_instance_uid, instances.c.digest).order_by(instances.c.pk)
             )
-            for sop_uid, digest in result:
-                yield sop_uid, digest
+            yield from ((sop_uid, digest) for sop_uid, digest in result)
 
     def count_instances(self) -> int:
         with self._errors(), self.engine.connect() as conn:
