@@ -62,3 +62,7 @@ class NotFound(PixportError):
 
 class BadQuery(PixportError):
     """A query parameter cannot be understood."""
+
+
+class PixelDataError(PixportError):
+    """Pixel data cannot be decoded, transcoded or rendered (unsupported or corrupt)."""
