@@ -52,6 +52,10 @@ class LimitExceeded(InstanceRejected):
     """The object is over a configured hard limit."""
 
 
+class StudyMismatch(InstanceRejected):
+    """The object belongs to another study than the one the request is for."""
+
+
 class InstanceConflict(InstanceRejected):
     """An instance with this SOP Instance UID is stored already with different bytes."""
 

@@ -27,6 +27,7 @@ from pixport.errors import (
     MalformedInstance,
     MissingAttribute,
     StorageUnavailable,
+    StudyMismatch,
 )
 from pixport.storage.base import BlobStore, IndexStore, NewInstance, Outcome
 
@@ -65,7 +66,7 @@ def failure_code(error: InstanceRejected) -> int:
     """The DICOM status for a rejection."""
     if isinstance(error, LimitExceeded):
         return OUT_OF_RESOURCES
-    if isinstance(error, MissingAttribute):
+    if isinstance(error, MissingAttribute | StudyMismatch):
         return DATA_SET_DOES_NOT_MATCH_SOP_CLASS
     if isinstance(error, MalformedInstance):
         return CANNOT_UNDERSTAND
@@ -117,8 +118,16 @@ class IngestPipeline:
             raise
         return self.ingest_staged(staged, source)
 
-    def ingest_staged(self, staged: Sequence[StagedFile | InstanceResult], source: str = "") -> list[InstanceResult]:
+    def ingest_staged(
+        self,
+        staged: Sequence[StagedFile | InstanceResult],
+        source: str = "",
+        expected_study: str | None = None,
+    ) -> list[InstanceResult]:
         """Parse, store and index staged objects; entries that are results already pass through.
+
+        With ``expected_study`` (STOW-RS to /studies/{study}), objects of another study are
+        refused.
 
         Raises ``StorageUnavailable`` (``OutOfResources``) if the batch could not be made
         durable: then nothing of it was indexed, and its temporary files are gone.
@@ -132,6 +141,9 @@ class IngestPipeline:
                     continue
                 try:
                     parsed = parse_instance(item.path, self.parse_limits)
+                    if expected_study is not None and parsed.study_instance_uid != expected_study:
+                        msg = f"Study Instance UID {parsed.study_instance_uid} is not the study of the request"
+                        raise StudyMismatch(msg)
                 except InstanceRejected as exc:
                     item.path.unlink(missing_ok=True)
                     results.append(InstanceResult("rejected", reason=exc.reason, failure_code=failure_code(exc)))

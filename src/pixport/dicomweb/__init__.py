@@ -1,0 +1,1 @@
+"""DICOMweb (PS3.18) front end: thin routes over the archive."""
