@@ -20,7 +20,7 @@ import structlog
 from pixport.archive.staging import StagedFile, StagingFile
 from pixport.config import LimitSettings
 from pixport.dicom.levels import level_documents
-from pixport.dicom.parse import ParsedInstance, ParseLimits, parse_instance
+from pixport.dicom.parse import ParsedInstance, ParseLimits, parse_instance, peek_uids
 from pixport.errors import (
     InstanceRejected,
     LimitExceeded,
@@ -145,8 +145,17 @@ class IngestPipeline:
                         msg = f"Study Instance UID {parsed.study_instance_uid} is not the study of the request"
                         raise StudyMismatch(msg)
                 except InstanceRejected as exc:
+                    sop_class, sop_instance = peek_uids(item.path)
                     item.path.unlink(missing_ok=True)
-                    results.append(InstanceResult("rejected", reason=exc.reason, failure_code=failure_code(exc)))
+                    results.append(
+                        InstanceResult(
+                            "rejected",
+                            sop_class_uid=sop_class,
+                            sop_instance_uid=sop_instance,
+                            reason=exc.reason,
+                            failure_code=failure_code(exc),
+                        )
+                    )
                     continue
                 results.append(
                     InstanceResult(

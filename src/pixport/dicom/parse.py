@@ -307,3 +307,18 @@ def extract_attributes(dataset: Dataset, ts_uid: str, warnings: list[str]) -> di
         if value is not None:
             attributes[column] = value.replace(".", "")[:8]  # tolerate ACR-NEMA style dates
     return attributes
+
+
+def peek_uids(path: Path) -> tuple[str | None, str | None]:
+    """Best-effort (SOP Class UID, SOP Instance UID) of an object that was refused, for the report."""
+    try:
+        dataset = pydicom.dcmread(
+            path, stop_before_pixels=True, force=True, specific_tags=["SOPClassUID", "SOPInstanceUID"]
+        )
+        sop_class = str(dataset.get("SOPClassUID", "") or "") or None
+        sop_instance = str(dataset.get("SOPInstanceUID", "") or "") or None
+    except Exception:  # noqa: BLE001  reporting only: any failure just means "unknown"
+        return None, None
+    except RecursionError:
+        return None, None
+    return sop_class, sop_instance

@@ -18,7 +18,7 @@ def base_url(request: Request) -> str:
     public: str | None = request.app.state.public_url
     if public:
         return public.rstrip("/") + "/dicomweb"
-    return str(request.base_url).rstrip("/") + "/dicomweb"
+    return f"{request.url.scheme}://{request.url.netloc}/dicomweb"
 
 
 def json_response(

@@ -102,30 +102,41 @@ async def retrieve(request: Request) -> Response:
     ):
         msg = f"cannot transcode to {syntax}; ask for transfer-syntax=* or {EXPLICIT_VR_LITTLE_ENDIAN}"
         raise NotAcceptable(msg)
+    first: bytes | None = None
+    if syntax is not None and syntax != found[0].transfer_syntax_uid:
+        # Transcode the first instance before answering, so that an instance that cannot be
+        # decoded gets a status code rather than a response cut short.
+        first = await run_in_threadpool(_transcoded, archive, found[0].digest)
     if container == "single":
-        body = _single(archive, found[0], syntax)
+        body = _single(archive, found[0], syntax, first)
         media_type = f"{DICOM}; transfer-syntax={syntax or found[0].transfer_syntax_uid}"
         return StreamingResponse(body, media_type=media_type)
     boundary = new_boundary()
     media_type = f'multipart/related; type="{DICOM}"; boundary={boundary}'
     if syntax is not None:
         media_type += f"; transfer-syntax={syntax}"
-    return StreamingResponse(_multipart(archive, found, syntax, boundary), media_type=media_type)
+    return StreamingResponse(_multipart(archive, found, syntax, boundary, first), media_type=media_type)
 
 
-async def _single(archive: Archive, item: StoredInstance, syntax: str | None) -> AsyncIterator[bytes]:
+async def _single(archive: Archive, item: StoredInstance, syntax: str | None, first: bytes | None) -> AsyncIterator[bytes]:
+    if first is not None:
+        yield first
+        return
     async for chunk in _instance_bytes(archive, item, syntax):
         yield chunk
 
 
 async def _multipart(
-    archive: Archive, found: list[StoredInstance], syntax: str | None, boundary: str
+    archive: Archive, found: list[StoredInstance], syntax: str | None, boundary: str, first: bytes | None
 ) -> AsyncIterator[bytes]:
-    for item in found:
+    for position, item in enumerate(found):
         ts = syntax or item.transfer_syntax_uid
         yield part_header(boundary, f"{DICOM}; transfer-syntax={ts}")
-        async for chunk in _instance_bytes(archive, item, syntax):
-            yield chunk
+        if position == 0 and first is not None:
+            yield first
+        else:
+            async for chunk in _instance_bytes(archive, item, syntax):
+                yield chunk
         yield b"\r\n"
     yield closing(boundary)
 
