@@ -31,8 +31,10 @@ def _root(
 
 def _register() -> None:
     from pixport.cli.archive import archive_app  # noqa: PLC0415
+    from pixport.cli.demo import demo  # noqa: PLC0415
 
     app.add_typer(archive_app, name="archive")
+    app.command("demo")(demo)
 
 
 def main() -> None:
