@@ -1,0 +1,510 @@
+"""Find the frames of a stored object's Pixel Data without decoding them.
+
+The header is parsed by pydicom up to the Pixel Data element; the element's header and, for
+encapsulated (compressed) Pixel Data, the item headers of its fragments are then read by hand,
+so that one frame can be served by reading that frame's bytes only.
+
+Terms (PS3.5 Annex A.4): *native* Pixel Data is one value holding every frame back to back;
+*encapsulated* Pixel Data is a sequence of items: the Basic Offset Table first, then fragments
+of the compressed frames.  The Basic Offset Table (or the Extended Offset Table (7FE0,0001))
+tells where each frame starts; without either, frame boundaries are inferred.
+"""
+
+from __future__ import annotations
+
+import itertools
+import struct
+import zlib
+from dataclasses import dataclass, field
+from io import BytesIO
+from typing import IO
+
+import numpy as np
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+from pydicom.uid import UID
+
+from pixport.errors import NotFound, PixelDataError
+
+EXPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2.1"
+IMPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2"
+EXPLICIT_VR_BIG_ENDIAN = "1.2.840.10008.1.2.2"
+DEFLATED = "1.2.840.10008.1.2.1.99"
+
+PIXEL_DATA = 0x7FE00010
+FLOAT_PIXEL_DATA = 0x7FE00008
+DOUBLE_FLOAT_PIXEL_DATA = 0x7FE00009
+PIXEL_KEYWORDS = {
+    PIXEL_DATA: "PixelData",
+    FLOAT_PIXEL_DATA: "FloatPixelData",
+    DOUBLE_FLOAT_PIXEL_DATA: "DoubleFloatPixelData",
+}
+ITEM = 0xFFFEE000
+SEQUENCE_DELIMITER = 0xFFFEE0DD
+UNDEFINED_LENGTH = 0xFFFFFFFF
+LONG_VRS = frozenset({b"OB", b"OW", b"OF", b"OD", b"OL", b"OV", b"SQ", b"UT", b"UN", b"UC", b"UR", b"SV", b"UV"})
+# JPEG EOI and JPEG 2000 EOC are both FFD9: the end of a compressed frame.
+END_OF_IMAGE = b"\xff\xd9"
+# A frame larger than this is refused before anything is allocated for it (a header can claim
+# 65535 x 65535 pixels of 64 bits).
+MAX_FRAME_BYTES = 1 << 30
+BYTE = 8
+VALID_BITS_ALLOCATED = frozenset({1, 8, 16, 32, 64})
+HEADER_ERRORS = (
+    InvalidDicomError,
+    EOFError,
+    struct.error,
+    ValueError,
+    KeyError,
+    IndexError,
+    TypeError,
+    AttributeError,
+    NotImplementedError,
+    OSError,
+    UnicodeError,
+    RecursionError,
+    OverflowError,
+    LookupError,
+    zlib.error,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class ImagePixelDescription:
+    """The Image Pixel module attributes that say how big a frame is (PS3.3 C.7.6.3)."""
+
+    rows: int
+    columns: int
+    samples_per_pixel: int
+    bits_allocated: int
+    bits_stored: int
+    pixel_representation: int
+    photometric_interpretation: str
+    planar_configuration: int
+    number_of_frames: int
+
+    @property
+    def frame_bits(self) -> int:
+        """The bits of one native frame (not padded: 1-bit frames need not end on a byte)."""
+        return self.rows * self.columns * self.samples_per_pixel * self.bits_allocated
+
+    @property
+    def frame_length(self) -> int:
+        """The bytes of one native frame once it is on its own (rounded up to a whole byte)."""
+        return (self.frame_bits + 7) // 8
+
+
+@dataclass(slots=True)
+class StoredPixels:
+    """One stored object's header and where its Pixel Data lies.
+
+    ``source`` is the file itself, or for a deflated object an in-memory copy of the
+    inflated Pixel Data value; ``value_offset`` is where the value starts in ``source``.
+    """
+
+    dataset: Dataset
+    transfer_syntax_uid: UID
+    description: ImagePixelDescription
+    pixel_keyword: str
+    vr: str
+    little_endian: bool
+    source: IO[bytes]
+    value_offset: int
+    value_length: int | None  # None: undefined length, i.e. encapsulated
+    source_size: int
+    _frames: list[list[tuple[int, int]]] | None = field(default=None, repr=False)
+    _end: int | None = field(default=None, repr=False)
+
+    @property
+    def encapsulated(self) -> bool:
+        """Whether the Pixel Data is a sequence of compressed fragments."""
+        return self.value_length is None
+
+    def frame(self, index: int) -> bytes:
+        """The stored bytes of the frame at 0-based ``index`` (caller checked the range)."""
+        if self.encapsulated:
+            return self._encapsulated_frame(index)
+        return self.native_frame(index, little_endian=self.little_endian)
+
+    def native_frame(self, index: int, *, little_endian: bool = True) -> bytes:
+        """One frame of native Pixel Data, byte-swapped to little endian unless told otherwise."""
+        frame_bits = self.description.frame_bits
+        start_bit = index * frame_bits
+        end_bit = start_bit + frame_bits
+        available = min(self.value_length or 0, self.source_size - self.value_offset)
+        if end_bit > available * 8:
+            msg = f"Pixel Data is shorter than frame {index + 1} needs (truncated, or wrong Rows/Columns)"
+            raise PixelDataError(msg)
+        first, last = start_bit // 8, (end_bit + 7) // 8
+        swap_words = (
+            little_endian and not self.little_endian and self.vr == "OW" and self.description.bits_allocated <= BYTE
+        )
+        # Big endian OW holding 8 or 1-bit data: bytes are swapped in pairs counted from the
+        # start of the value, so read whole words.
+        begin, end = (first - first % 2, last + last % 2) if swap_words else (first, last)
+        self.source.seek(self.value_offset + begin)
+        chunk = self.source.read(end - begin)
+        if len(chunk) < last - begin:
+            msg = f"Pixel Data is truncated inside frame {index + 1}"
+            raise PixelDataError(msg)
+        if little_endian and not self.little_endian:
+            chunk = swap_bytes(chunk, 2 if swap_words else self.description.bits_allocated // 8)
+        chunk = chunk[first - begin : last - begin]
+        shift = start_bit % 8
+        if shift == 0 and frame_bits % 8 == 0:
+            return chunk
+        # Bits Allocated 1: frames are packed back to back, least significant bit first, so a
+        # frame may start and end inside a byte.  Re-pack it to start at bit 0.
+        bits = np.unpackbits(np.frombuffer(chunk, dtype=np.uint8), bitorder="little")
+        return np.packbits(bits[shift : shift + frame_bits], bitorder="little").tobytes()
+
+    def _encapsulated_frame(self, index: int) -> bytes:
+        frames = self._frame_fragments()
+        if index >= len(frames):
+            msg = f"encapsulated Pixel Data holds {len(frames)} frames, not {index + 1}"
+            raise PixelDataError(msg)
+        parts = []
+        for offset, length in frames[index]:
+            self.source.seek(offset)
+            data = self.source.read(length)
+            if len(data) != length:
+                msg = f"encapsulated Pixel Data is truncated inside frame {index + 1}"
+                raise PixelDataError(msg)
+            parts.append(data)
+        return b"".join(parts)
+
+    def _frame_fragments(self) -> list[list[tuple[int, int]]]:
+        if self._frames is None:
+            basic_offsets, fragments, self._end = _scan_items(self.source, self.value_offset, self.source_size)
+            self._frames = _group_fragments(self, basic_offsets, fragments)
+        return self._frames
+
+    def value_end(self) -> int:
+        """Where the Pixel Data element ends in ``source`` (after the sequence delimiter)."""
+        if self.value_length is not None:
+            return self.value_offset + self.value_length
+        self._frame_fragments()
+        assert self._end is not None  # noqa: S101 - set by the scan above
+        return self._end
+
+
+def swap_bytes(data: bytes, width: int) -> bytes:
+    """Reverse the byte order of each ``width``-byte word of ``data`` (a trailing odd byte stays)."""
+    if width <= 1:
+        return data
+    whole = len(data) - len(data) % width
+    words = np.frombuffer(data[:whole], dtype=np.dtype(f"u{width}"))
+    return words.byteswap().tobytes() + data[whole:]
+
+
+@dataclass(frozen=True, slots=True)
+class StoredHeader:
+    """The data set up to Pixel Data, and where Pixel Data would start."""
+
+    dataset: Dataset
+    transfer_syntax_uid: UID
+    position: int
+    size: int
+
+
+def read_header(fp: IO[bytes]) -> StoredHeader:
+    """Parse the object's header, stopping before Pixel Data; ``PixelDataError`` if unparseable."""
+    try:
+        fp.seek(0, 2)
+        size = fp.tell()
+        fp.seek(0)
+        dataset = pydicom.dcmread(fp, stop_before_pixels=True, force=True)
+        position = fp.tell()
+    except HEADER_ERRORS as exc:
+        msg = f"the object's header cannot be parsed: {type(exc).__name__}"
+        raise PixelDataError(msg) from exc
+    return StoredHeader(dataset, transfer_syntax_of(dataset), position, size)
+
+
+def has_pixel_data(fp: IO[bytes], header: StoredHeader) -> bool:
+    """Whether a Pixel Data element follows the header (for deflated objects: is in it)."""
+    if header.transfer_syntax_uid == DEFLATED:
+        return True  # only known once inflated; open_stored_pixels tells
+    if header.position + 4 > header.size:
+        return False
+    fp.seek(header.position)
+    little = header.dataset.original_encoding[1] is not False
+    group, elem = struct.unpack("<HH" if little else ">HH", fp.read(4))
+    return ((group << 16) | elem) in PIXEL_KEYWORDS
+
+
+def open_stored_pixels(fp: IO[bytes], header: StoredHeader | None = None) -> StoredPixels:
+    """Parse the header of the object in ``fp`` and locate its Pixel Data.
+
+    Raise ``PixelDataError`` when the object cannot be parsed or has no usable Pixel Data.
+    """
+    header = header or read_header(fp)
+    dataset, ts_uid, position, size = header.dataset, header.transfer_syntax_uid, header.position, header.size
+    if ts_uid == DEFLATED:
+        return _open_deflated(fp, ts_uid)
+    if position >= size:
+        msg = "the object has no Pixel Data"
+        raise PixelDataError(msg)
+    implicit, little = dataset.original_encoding
+    tag, vr, value_offset, length = _read_element_header(
+        fp, position, implicit=bool(implicit), little_endian=little is not False
+    )
+    value_length = None if length == UNDEFINED_LENGTH else length
+    description = describe_image_pixels(dataset, tag)
+    _check_encapsulation(ts_uid, tag, vr, encapsulated=value_length is None)
+    return StoredPixels(
+        dataset=dataset,
+        transfer_syntax_uid=ts_uid,
+        description=description,
+        pixel_keyword=PIXEL_KEYWORDS[tag],
+        vr=vr,
+        little_endian=little is not False,
+        source=fp,
+        value_offset=value_offset,
+        value_length=value_length,
+        source_size=size,
+    )
+
+
+def transfer_syntax_of(dataset: Dataset) -> UID:
+    """The object's Transfer Syntax UID, inferred from its encoding when File Meta lacks one."""
+    meta = dataset.file_meta
+    ts = str(meta.get("TransferSyntaxUID", "") or "").strip().rstrip("\x00")
+    if ts:
+        return UID(ts)
+    implicit, little = dataset.original_encoding
+    if implicit:
+        return UID(IMPLICIT_VR_LITTLE_ENDIAN)
+    return UID(EXPLICIT_VR_LITTLE_ENDIAN if little else EXPLICIT_VR_BIG_ENDIAN)
+
+
+def _open_deflated(fp: IO[bytes], ts_uid: UID) -> StoredPixels:
+    # The whole data set is one zlib stream: inflate it and hold the Pixel Data in memory.
+    try:
+        fp.seek(0)
+        dataset = pydicom.dcmread(fp, force=True)
+        tag = next((t for t in PIXEL_KEYWORDS if t in dataset), None)
+        if tag is None:
+            msg = "the object has no Pixel Data"
+            raise PixelDataError(msg)
+        element = dataset[tag]
+        value = element.value
+    except HEADER_ERRORS as exc:
+        msg = f"the deflated object cannot be inflated and parsed: {type(exc).__name__}"
+        raise PixelDataError(msg) from exc
+    if not isinstance(value, bytes) or element.is_undefined_length:
+        msg = "the deflated object's Pixel Data is not a native value"
+        raise PixelDataError(msg)
+    description = describe_image_pixels(dataset, tag)
+    del dataset[tag]
+    return StoredPixels(
+        dataset=dataset,
+        transfer_syntax_uid=ts_uid,
+        description=description,
+        pixel_keyword=PIXEL_KEYWORDS[tag],
+        vr=str(element.VR),
+        little_endian=True,
+        source=BytesIO(value),
+        value_offset=0,
+        value_length=len(value),
+        source_size=len(value),
+    )
+
+
+def _read_element_header(
+    fp: IO[bytes], position: int, *, implicit: bool, little_endian: bool
+) -> tuple[int, str, int, int]:
+    endian = "<" if little_endian else ">"
+    fp.seek(position)
+    head = fp.read(8)
+    if len(head) < 8:  # noqa: PLR2004
+        msg = "the object is truncated inside the Pixel Data element header"
+        raise PixelDataError(msg)
+    group, elem = struct.unpack(endian + "HH", head[:4])
+    tag = (group << 16) | elem
+    if tag not in PIXEL_KEYWORDS:
+        msg = "the object has no Pixel Data"
+        raise PixelDataError(msg)
+    if implicit:
+        (length,) = struct.unpack(endian + "L", head[4:8])
+        return tag, "OW", position + 8, length
+    vr_bytes = head[4:6]
+    if vr_bytes in LONG_VRS:
+        more = fp.read(4)
+        if len(more) < 4:  # noqa: PLR2004
+            msg = "the object is truncated inside the Pixel Data element header"
+            raise PixelDataError(msg)
+        (length,) = struct.unpack(endian + "L", more)
+        return tag, vr_bytes.decode("ascii"), position + 12, length
+    (length,) = struct.unpack(endian + "H", head[6:8])
+    return tag, vr_bytes.decode("ascii", "replace"), position + 8, length
+
+
+def _check_encapsulation(ts_uid: UID, tag: int, vr: str, *, encapsulated: bool) -> None:
+    compressed = ts_uid.is_transfer_syntax and ts_uid.is_compressed
+    if encapsulated and (tag != PIXEL_DATA or not compressed):
+        msg = f"Pixel Data {vr} has undefined length but Transfer Syntax {ts_uid} is not encapsulated"
+        raise PixelDataError(msg)
+    if not encapsulated and compressed:
+        msg = f"Transfer Syntax {ts_uid} needs encapsulated Pixel Data but the value has a defined length"
+        raise PixelDataError(msg)
+
+
+def _integer(dataset: Dataset, keyword: str, default: int | None = None) -> int:
+    try:
+        value = dataset.get(keyword)
+        if isinstance(value, pydicom.multival.MultiValue):
+            value = value[0] if value else None
+        if value is None or value == "":
+            if default is None:
+                msg = f"{keyword} is missing"
+                raise PixelDataError(msg)
+            return default
+        return int(value)
+    except (ValueError, TypeError, OverflowError) as exc:
+        msg = f"{keyword} is not a number"
+        raise PixelDataError(msg) from exc
+
+
+def describe_image_pixels(dataset: Dataset, tag: int = PIXEL_DATA) -> ImagePixelDescription:
+    """Read and check the Image Pixel module; raise ``PixelDataError`` if it is unusable."""
+    bits_allocated = _integer(dataset, "BitsAllocated", {FLOAT_PIXEL_DATA: 32, DOUBLE_FLOAT_PIXEL_DATA: 64}.get(tag))
+    description = ImagePixelDescription(
+        rows=_integer(dataset, "Rows"),
+        columns=_integer(dataset, "Columns"),
+        samples_per_pixel=_integer(dataset, "SamplesPerPixel", 1),
+        bits_allocated=bits_allocated,
+        bits_stored=_integer(dataset, "BitsStored", bits_allocated),
+        pixel_representation=_integer(dataset, "PixelRepresentation", 0),
+        photometric_interpretation=str(dataset.get("PhotometricInterpretation", "") or "").strip().upper(),
+        planar_configuration=_integer(dataset, "PlanarConfiguration", 0),
+        number_of_frames=_integer(dataset, "NumberOfFrames", 1),
+    )
+    checks = (
+        (1 <= description.rows <= 0xFFFF, "Rows"),  # noqa: PLR2004
+        (1 <= description.columns <= 0xFFFF, "Columns"),  # noqa: PLR2004
+        (description.samples_per_pixel in {1, 3, 4}, "SamplesPerPixel"),
+        (bits_allocated in VALID_BITS_ALLOCATED, "BitsAllocated"),
+        (1 <= description.bits_stored <= bits_allocated, "BitsStored"),
+        (description.pixel_representation in {0, 1}, "PixelRepresentation"),
+        (description.number_of_frames >= 1, "NumberOfFrames"),
+    )
+    for ok, keyword in checks:
+        if not ok:
+            msg = f"{keyword} has a value that cannot describe Pixel Data"
+            raise PixelDataError(msg)
+    if description.frame_length > MAX_FRAME_BYTES:
+        msg = f"one frame would take {description.frame_length} bytes, over the limit of {MAX_FRAME_BYTES}"
+        raise PixelDataError(msg)
+    return description
+
+
+def _scan_items(source: IO[bytes], start: int, size: int) -> tuple[bytes, list[tuple[int, int]], int]:
+    """Read the item headers of encapsulated Pixel Data: (Basic Offset Table, [(offset, length)], end)."""
+    source.seek(start)
+    basic_offsets = b""
+    fragments: list[tuple[int, int]] = []
+    first = True
+    while True:
+        head = source.read(8)
+        if len(head) < 8:  # noqa: PLR2004
+            if first:
+                msg = "encapsulated Pixel Data has no Basic Offset Table item"
+                raise PixelDataError(msg)
+            break  # tolerate a missing sequence delimiter at the end of the file
+        group, elem, length = struct.unpack("<HHL", head)
+        tag = (group << 16) | elem
+        if tag == SEQUENCE_DELIMITER:
+            source.seek(length, 1)
+            break
+        if tag != ITEM or length == UNDEFINED_LENGTH:
+            msg = "encapsulated Pixel Data has a malformed item"
+            raise PixelDataError(msg)
+        offset = source.tell()
+        if offset + length > size:
+            msg = "encapsulated Pixel Data is truncated"
+            raise PixelDataError(msg)
+        if first:
+            basic_offsets = source.read(length)
+            first = False
+        else:
+            fragments.append((offset, length))
+            source.seek(length, 1)
+    if not fragments:
+        msg = "encapsulated Pixel Data has no fragments"
+        raise PixelDataError(msg)
+    return basic_offsets, fragments, min(source.tell(), size)
+
+
+def _group_fragments(
+    stored: StoredPixels, basic_offsets: bytes, fragments: list[tuple[int, int]]
+) -> list[list[tuple[int, int]]]:
+    """Which fragments make up each frame, from the offset tables or else inferred."""
+    frames = stored.description.number_of_frames
+    # Offsets in both tables count from the first byte of the first fragment's item tag.
+    base = fragments[0][0] - 8
+    starts = {offset - 8 - base: i for i, (offset, _) in enumerate(fragments)}
+    extended = _extended_offsets(stored.dataset)
+    for offsets in (extended, _basic_offsets(basic_offsets)):
+        by_table = _group_by_offsets(offsets, starts, fragments, frames)
+        if by_table is not None:
+            return by_table
+    if len(fragments) <= frames:
+        # One fragment per frame (RLE always, most others); fewer fragments: frames are missing.
+        return [[fragment] for fragment in fragments] if frames > 1 else [fragments]
+    if frames == 1:
+        return [fragments]
+    # More fragments than frames and no offset table: a frame ends with a fragment that ends
+    # with an EOI/EOC marker (pydicom.encaps.generate_fragmented_frames does the same).
+    grouped: list[list[tuple[int, int]]] = [[]]
+    for offset, length in fragments:
+        grouped[-1].append((offset, length))
+        tail = min(length, 10)
+        stored.source.seek(offset + length - tail)
+        if END_OF_IMAGE in stored.source.read(tail):
+            grouped.append([])
+    if not grouped[-1]:
+        grouped.pop()
+    return grouped
+
+
+def _extended_offsets(dataset: Dataset) -> list[int] | None:
+    try:
+        table = dataset.get("ExtendedOffsetTable")
+    except HEADER_ERRORS:
+        return None
+    if not isinstance(table, bytes) or not table or len(table) % 8:
+        return None
+    return list(struct.unpack(f"<{len(table) // 8}Q", table))
+
+
+def _basic_offsets(table: bytes) -> list[int] | None:
+    if not table or len(table) % 4:
+        return None
+    return list(struct.unpack(f"<{len(table) // 4}L", table))
+
+
+def _group_by_offsets(
+    offsets: list[int] | None,
+    starts: dict[int, int],
+    fragments: list[tuple[int, int]],
+    frames: int,
+) -> list[list[tuple[int, int]]] | None:
+    """Group fragments by an offset table, or None if the table does not fit the fragments."""
+    if offsets is None or len(offsets) != frames or offsets[0] != 0:
+        return None
+    if any(b <= a for a, b in itertools.pairwise(offsets)) or any(o not in starts for o in offsets):
+        return None
+    first = [starts[o] for o in offsets]
+    bounds = [*first, len(fragments)]
+    return [fragments[bounds[i] : bounds[i + 1]] for i in range(frames)]
+
+
+def check_frame_numbers(stored: StoredPixels, frame_numbers: list[int]) -> None:
+    """Raise ``NotFound`` for a frame number outside 1..NumberOfFrames."""
+    total = stored.description.number_of_frames
+    for number in frame_numbers:
+        if isinstance(number, bool) or not isinstance(number, int) or not 1 <= number <= total:
+            msg = f"frame {number} does not exist; the object has {total} frames"
+            raise NotFound(msg)
