@@ -11,7 +11,6 @@ Archives are always built by ``pixport.wiring.build_archive`` so that the wiring
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -19,13 +18,21 @@ import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
-from contract_support import InstanceSpec, write_instance
+from contract_support import (
+    S3_ACCESS_KEY,
+    S3_SECRET_KEY,
+    InstanceSpec,
+    PostgresDatabase,
+    close_archive,
+    free_port,
+    scale_storage,
+    write_instance,
+)
 
 from pixport.archive.node import Archive
 from pixport.config import load_settings
@@ -36,8 +43,6 @@ POSTGRES_CANDIDATES = (
     "host=127.0.0.1 port=5432 dbname=postgres user=postgres",
     "host=127.0.0.1 port=5432 dbname=postgres user=root",
 )
-S3_ACCESS_KEY = "contract-test"
-S3_SECRET_KEY = "contract-test-secret"  # noqa: S105  moto accepts any key
 STARTUP_SECONDS = 30.0
 
 
@@ -55,25 +60,6 @@ def _admin_connection() -> psycopg.Connection[Any]:
     pytest.fail("no PostgreSQL server for the scale contract tests:\n" + "\n".join(errors))
 
 
-@dataclass
-class PostgresDatabase:
-    """A database created for this session; each archive gets a fresh schema in it."""
-
-    host: str
-    port: int
-    user: str
-    name: str
-    schemas: list[str] = field(default_factory=list)
-
-    def new_schema_url(self) -> str:
-        schema = f"archive_{uuid.uuid4().hex[:16]}"
-        with psycopg.connect(host=self.host, port=self.port, user=self.user, dbname=self.name, autocommit=True) as conn:
-            conn.execute(f'CREATE SCHEMA "{schema}"')  # a generated identifier, never input
-        self.schemas.append(schema)
-        # libpq's options: every connection of the pool sees only this archive's schema.
-        return f"postgresql+psycopg://{self.user}@{self.host}:{self.port}/{self.name}?options=-csearch_path%3D{schema}"
-
-
 @pytest.fixture(scope="session")
 def postgres_database() -> Iterator[PostgresDatabase]:
     admin = _admin_connection()
@@ -87,12 +73,6 @@ def postgres_database() -> Iterator[PostgresDatabase]:
     finally:
         admin.execute(f'DROP DATABASE IF EXISTS "{database.name}" WITH (FORCE)')
         admin.close()
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _moto_command(port: int) -> list[str]:
@@ -117,7 +97,7 @@ def _wait_until_answering(url: str, process: subprocess.Popen[bytes], log: Path)
 
 @pytest.fixture(scope="session")
 def s3_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    port = _free_port()
+    port = free_port()
     log = tmp_path_factory.mktemp("moto") / "moto.log"
     url = f"http://127.0.0.1:{port}"
     env = {**os.environ, "AWS_ACCESS_KEY_ID": S3_ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": S3_SECRET_KEY}
@@ -141,30 +121,6 @@ def s3_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 @pytest.fixture(params=["embedded", pytest.param("scale", marks=pytest.mark.scale)])
 def backend(request: pytest.FixtureRequest) -> str:
     return str(request.param)
-
-
-def scale_storage(request: pytest.FixtureRequest, data_dir: Path) -> dict[str, Any]:
-    """``storage`` settings for a fresh scale archive (new schema, new bucket)."""
-    database: PostgresDatabase = request.getfixturevalue("postgres_database")
-    endpoint: str = request.getfixturevalue("s3_endpoint")
-    return {
-        "backend": "scale",
-        "data_dir": data_dir,
-        "database_url": database.new_schema_url(),
-        "s3_endpoint_url": endpoint,
-        "s3_bucket": f"pixport-{uuid.uuid4().hex[:20]}",
-        "s3_region": "us-east-1",
-        "s3_access_key_id": S3_ACCESS_KEY,
-        "s3_secret_access_key": S3_SECRET_KEY,
-    }
-
-
-def close_archive(archive: Archive) -> None:
-    """Close the index and, where it has connections of its own, the blob store."""
-    archive.close()
-    close_blobs = getattr(archive.blobs, "close", None)
-    if close_blobs is not None:
-        close_blobs()
 
 
 @pytest.fixture
