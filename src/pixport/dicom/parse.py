@@ -85,14 +85,14 @@ def parse_instance(path: Path, limits: ParseLimits) -> ParsedInstance:
     uids = _identifying_uids(dataset, warnings)
     _check_meta(dataset, uids, warnings)
     _check_depth(dataset, limits.max_sequence_depth, 0)
-    attributes = extract_attributes(dataset, ts_uid, warnings)
-    if extent is not None and extent.encapsulated and "number_of_frames" not in attributes:
-        attributes["number_of_frames"] = 1
     try:
         metadata = build_metadata(dataset, uids, limits.bulk_data_threshold, extent.vr if extent else None)
-    except (ValueError, TypeError, OverflowError) as exc:
+    except (ValueError, TypeError, OverflowError, LookupError) as exc:
         msg = f"attributes cannot be represented as DICOM JSON: {type(exc).__name__}"
         raise MalformedInstance(msg) from exc
+    attributes = extract_attributes(metadata, ts_uid, warnings)
+    if extent is not None and attributes["number_of_frames"] is None:
+        attributes["number_of_frames"] = 1
     return ParsedInstance(
         sop_class_uid=uids[0],
         sop_instance_uid=uids[1],
@@ -244,63 +244,72 @@ def _pixel_data_extent(fp: IO[bytes], position: int, size: int, dataset: Dataset
         items += 1
 
 
-def _text(dataset: Dataset, keyword: str, warnings: list[str]) -> str | None:
-    try:
-        value = dataset.get(keyword)
-    except (ValueError, TypeError, UnicodeError, LookupError):
-        warnings.append(f"{keyword} cannot be decoded")
-        return None
-    if value is None or value == "":
-        return None
-    if isinstance(value, pydicom.multival.MultiValue):
-        return "\\".join(str(v) for v in value)
-    return str(value).strip()
+TEXT_ATTRIBUTES = {
+    "patient_id": "00100020",
+    "issuer_of_patient_id": "00100021",
+    "patient_name": "00100010",
+    "patient_birth_date": "00100030",
+    "patient_sex": "00100040",
+    "study_date": "00080020",
+    "study_time": "00080030",
+    "accession_number": "00080050",
+    "study_id": "00200010",
+    "study_description": "00081030",
+    "referring_physician_name": "00080090",
+    "modality": "00080060",
+    "series_description": "0008103E",
+    "series_date": "00080021",
+    "body_part_examined": "00180015",
+    "performed_procedure_step_start_date": "00400244",
+    "performed_procedure_step_start_time": "00400245",
+    "specific_character_set": "00080005",
+}
+NUMBER_ATTRIBUTES = {
+    "series_number": "00200011",
+    "instance_number": "00200013",
+    "number_of_frames": "00280008",
+    "rows": "00280010",
+    "columns": "00280011",
+}
+PN_GROUPS = ("Alphabetic", "Ideographic", "Phonetic")
 
 
-def _integer(dataset: Dataset, keyword: str, warnings: list[str]) -> int | None:
+def _json_text(element: dict[str, Any] | None) -> str | None:
+    if not element or not element.get("Value"):
+        return None
+    values = []
+    for value in element["Value"]:
+        if isinstance(value, dict):  # Person Name: rebuild Alphabetic=Ideographic=Phonetic
+            groups = [str(value.get(group, "")) for group in PN_GROUPS]
+            while groups and not groups[-1]:
+                groups.pop()
+            values.append("=".join(groups))
+        elif value is not None:
+            values.append(str(value))
+    text = "\\".join(values).strip()
+    return text or None
+
+
+def _json_integer(element: dict[str, Any] | None, keyword: str, warnings: list[str]) -> int | None:
+    if not element or not element.get("Value"):
+        return None
     try:
-        value = dataset.get(keyword)
-        if value is None or value == "":
-            return None
-        if isinstance(value, pydicom.multival.MultiValue):
-            value = value[0]
-        return int(value)
+        return int(element["Value"][0])
     except (ValueError, TypeError, OverflowError):
         warnings.append(f"{keyword} is not a number")
         return None
 
 
-def extract_attributes(dataset: Dataset, ts_uid: str, warnings: list[str]) -> dict[str, Any]:
-    """The attributes the index stores in columns, decoded with the object's character set."""
-    text = {
-        "patient_id": "PatientID",
-        "issuer_of_patient_id": "IssuerOfPatientID",
-        "patient_name": "PatientName",
-        "patient_birth_date": "PatientBirthDate",
-        "patient_sex": "PatientSex",
-        "study_date": "StudyDate",
-        "study_time": "StudyTime",
-        "accession_number": "AccessionNumber",
-        "study_id": "StudyID",
-        "study_description": "StudyDescription",
-        "referring_physician_name": "ReferringPhysicianName",
-        "modality": "Modality",
-        "series_description": "SeriesDescription",
-        "series_date": "SeriesDate",
-        "body_part_examined": "BodyPartExamined",
-        "performed_procedure_step_start_date": "PerformedProcedureStepStartDate",
-        "performed_procedure_step_start_time": "PerformedProcedureStepStartTime",
-        "specific_character_set": "SpecificCharacterSet",
-    }
-    numbers = {
-        "series_number": "SeriesNumber",
-        "instance_number": "InstanceNumber",
-        "number_of_frames": "NumberOfFrames",
-        "rows": "Rows",
-        "columns": "Columns",
-    }
-    attributes: dict[str, Any] = {column: _text(dataset, keyword, warnings) for column, keyword in text.items()}
-    attributes.update({column: _integer(dataset, keyword, warnings) for column, keyword in numbers.items()})
+def extract_attributes(metadata: dict[str, Any], ts_uid: str, warnings: list[str]) -> dict[str, Any]:
+    """The attributes the index stores in columns, read from the instance's DICOM JSON.
+
+    The JSON was decoded with the object's character set once; reading it again here costs
+    nothing more.
+    """
+    attributes: dict[str, Any] = {column: _json_text(metadata.get(tag)) for column, tag in TEXT_ATTRIBUTES.items()}
+    attributes.update(
+        {column: _json_integer(metadata.get(tag), column, warnings) for column, tag in NUMBER_ATTRIBUTES.items()}
+    )
     attributes["transfer_syntax_uid"] = ts_uid
     for column in ("study_date", "patient_birth_date", "series_date", "performed_procedure_step_start_date"):
         value = attributes[column]

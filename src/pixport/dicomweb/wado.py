@@ -118,7 +118,9 @@ async def retrieve(request: Request) -> Response:
     return StreamingResponse(_multipart(archive, found, syntax, boundary, first), media_type=media_type)
 
 
-async def _single(archive: Archive, item: StoredInstance, syntax: str | None, first: bytes | None) -> AsyncIterator[bytes]:
+async def _single(
+    archive: Archive, item: StoredInstance, syntax: str | None, first: bytes | None
+) -> AsyncIterator[bytes]:
     if first is not None:
         yield first
         return
@@ -187,12 +189,10 @@ def choose_frame_syntax(accept: Sequence[MediaType], stored_syntax: str) -> tupl
         part_type = media.params.get("type", OCTET_STREAM).lower()
         syntax = media.params.get("transfer-syntax")
         if part_type == OCTET_STREAM:
-            if syntax == "*" or (syntax is None and stored_syntax in NATIVE_SYNTAXES) or syntax == stored_syntax:
-                return (stored_type if syntax == "*" else OCTET_STREAM), syntax != "*" and (
-                    stored_syntax not in {EXPLICIT_VR_LITTLE_ENDIAN, "1.2.840.10008.1.2"}
-                )
+            if syntax == "*" or syntax == stored_syntax:
+                return OCTET_STREAM, False  # as stored, labelled with its transfer syntax
             if syntax in {None, EXPLICIT_VR_LITTLE_ENDIAN}:
-                return OCTET_STREAM, True
+                return OCTET_STREAM, stored_syntax != EXPLICIT_VR_LITTLE_ENDIAN
             continue
         if part_type in {"*/*", "image/*", "video/*"} or part_type == stored_type:
             return stored_type, False

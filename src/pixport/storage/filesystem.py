@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import errno
 import os
 from collections.abc import Iterator, Sequence
@@ -29,6 +31,36 @@ def fsync_path(path: Path, *, directory: bool = False) -> None:
         os.close(fd)
 
 
+def _load_syncfs() -> ctypes._CFuncPtr | None:  # type: ignore[name-defined]
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return None
+    libc = ctypes.CDLL(name, use_errno=True)
+    return getattr(libc, "syncfs", None)
+
+
+_SYNCFS = _load_syncfs()
+
+
+def sync_filesystem(directory: Path, fallback: Sequence[Path]) -> None:
+    """Make every write on ``directory``'s filesystem durable, with one syncfs(2) call.
+
+    One call per batch replaces a file fsync and a directory fsync per object, which on this
+    class of disk cost about 2 ms each.  Without syncfs (not Linux), fsync each path instead.
+    """
+    if _SYNCFS is not None:
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            if _SYNCFS(fd) != 0:
+                code = ctypes.get_errno()
+                raise OSError(code, os.strerror(code))
+        finally:
+            os.close(fd)
+        return
+    for path in fallback:
+        fsync_path(path, directory=path.is_dir())
+
+
 class FilesystemBlobStore:
     """The embedded blob store: one file per distinct object, written by fsync and rename."""
 
@@ -49,21 +81,30 @@ class FilesystemBlobStore:
         return self.blobs / digest[:2] / digest[2:4] / digest
 
     def put_files(self, files: Sequence[tuple[Path, str]]) -> None:
-        dirty_dirs: set[Path] = set()
+        """Make the batch durable: data first, then the renames that publish it.
+
+        The data must be on disk before a blob gets its final name: a blob under its digest is
+        trusted as it is when the same content arrives again.
+        """
+        moves = []
         try:
             for temp, digest in files:
                 final = self.path_of(digest)
                 if final.exists():
                     temp.unlink(missing_ok=True)
-                    continue
-                fsync_path(temp)
+                else:
+                    moves.append((temp, final))
+            if not moves:
+                return
+            sync_filesystem(self.root, [temp for temp, _ in moves])
+            dirty_dirs: set[Path] = set()
+            for temp, final in moves:
                 if not final.parent.exists():
                     final.parent.mkdir(parents=True, exist_ok=True)
                     dirty_dirs.update((final.parent.parent, self.blobs))
                 temp.replace(final)
                 dirty_dirs.add(final.parent)
-            for directory in dirty_dirs:
-                fsync_path(directory, directory=True)
+            sync_filesystem(self.root, sorted(dirty_dirs))
         except OSError as exc:
             if exc.errno in {errno.ENOSPC, errno.EDQUOT}:
                 msg = "no space left on the blob store"

@@ -200,16 +200,23 @@ class SqlIndexStore:
 
     def store_instances(self, batch: Sequence[NewInstance]) -> list[Outcome]:
         with self._errors(), self.write_engine.begin() as conn:
-            return [self._store_one(conn, item) for item in batch]
+            known: dict[str, int] = {}  # study/series UID -> pk, within this batch
+            return [self._store_one(conn, item, known) for item in batch]
 
-    def _store_one(self, conn: Connection, item: NewInstance) -> Outcome:
+    def _store_one(self, conn: Connection, item: NewInstance, known: dict[str, int]) -> Outcome:
         now = _now()
-        study_pk = self._get_or_create(
-            conn, studies, studies.c.study_instance_uid, item.study_instance_uid, self._study_row(item, now)
-        )
-        series_pk = self._get_or_create(
-            conn, series, series.c.series_instance_uid, item.series_instance_uid, self._series_row(item, study_pk)
-        )
+        study_pk = known.get(item.study_instance_uid)
+        if study_pk is None:
+            study_pk = self._get_or_create(
+                conn, studies, studies.c.study_instance_uid, item.study_instance_uid, self._study_row(item, now)
+            )
+            known[item.study_instance_uid] = study_pk
+        series_pk = known.get(item.series_instance_uid)
+        if series_pk is None:
+            series_pk = self._get_or_create(
+                conn, series, series.c.series_instance_uid, item.series_instance_uid, self._series_row(item, study_pk)
+            )
+            known[item.series_instance_uid] = series_pk
         a = item.attributes
         row = {
             "sop_instance_uid": item.sop_instance_uid,
