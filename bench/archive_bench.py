@@ -14,6 +14,7 @@ import argparse
 import contextlib
 import ctypes
 import datetime as dt
+import importlib.metadata
 import json
 import os
 import platform
@@ -246,8 +247,7 @@ def start_pixport(tmp: Path, label: str, workers: int, command: list[str]) -> Se
     server.info["command"] = [*command, "archive", "serve"]
     server.info["workers"] = workers
     with contextlib.suppress(Exception):
-        out = subprocess.run([*command, "--version"], capture_output=True, text=True, timeout=30, check=False)
-        server.info["version"] = out.stdout.strip() or None
+        server.info["version"] = importlib.metadata.version("pixport")
     return server
 
 
@@ -268,13 +268,37 @@ def retire(server: Server) -> None:
 # --------------------------------------------------------------------------------------------
 
 
+def _proc_kb(path: str, key: bytes) -> int:
+    """A ``Key:   123 kB`` line of a /proc file, in bytes (0 if the process is gone)."""
+    with contextlib.suppress(OSError, ValueError, IndexError), open(path, "rb") as f:  # noqa: PTH123 (hot loop)
+        for line in f:
+            if line.startswith(key):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()[:160]
+    except OSError:
+        return ""
+
+
 class RssSampler:
-    """Peak of the summed VmRSS of a server's process tree, sampled from /proc every 20 ms."""
+    """Peak of the summed VmRSS of a server's process tree, sampled from /proc every 20 ms.
+
+    Also the summed PSS (shared pages divided among the processes that share them) every 100 ms,
+    and the per-process RSS at the first sample, to tell the idle footprint from the growth.
+    """
 
     def __init__(self, server: Server, interval: float = 0.02) -> None:
         self.server = server
         self.interval = interval
         self.peak_bytes = 0
+        self.peak_pss_bytes = 0
+        self.first_bytes = 0
+        self.first_processes: list[dict[str, Any]] = []
+        self.processes = 0
         self.samples = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -294,14 +318,16 @@ class RssSampler:
             now = time.monotonic()
             if now - refreshed > 0.5:
                 pids, refreshed = self.server.tree_pids(), now
-            total = 0
-            for pid in pids:
-                with contextlib.suppress(OSError, ValueError), open(f"/proc/{pid}/status", "rb") as f:  # noqa: PTH123
-                    for line in f:
-                        if line.startswith(b"VmRSS:"):
-                            total += int(line.split()[1]) * 1024
-                            break
+            per_pid = {pid: _proc_kb(f"/proc/{pid}/status", b"VmRSS:") for pid in pids}
+            total = sum(per_pid.values())
+            if not self.samples:
+                self.first_bytes = total
+                self.first_processes = [{"pid": p, "rss_bytes": r, "cmdline": _cmdline(p)} for p, r in per_pid.items()]
+            if self.samples % 5 == 0:
+                pss = sum(_proc_kb(f"/proc/{pid}/smaps_rollup", b"Pss:") for pid in pids)
+                self.peak_pss_bytes = max(self.peak_pss_bytes, pss)
             self.peak_bytes = max(self.peak_bytes, total)
+            self.processes = max(self.processes, len(pids))
             self.samples += 1
             if self._stop.wait(self.interval):
                 return
@@ -405,6 +431,11 @@ class IngestResult:
     ct_bytes: int
     small_bytes: int
     peak_rss_ct_bytes: int
+    peak_pss_ct_bytes: int
+    start_rss_bytes: int  # just before the CT ingest: the idle server
+    start_processes: list[dict[str, Any]]
+    processes: int
+    client_cpu_seconds: float  # this benchmark's own CPU time over the ingest (client overhead)
 
     @property
     def seconds(self) -> float:
@@ -420,6 +451,7 @@ class IngestResult:
 
 
 def ingest(server: Server, ct: list[StowRequest], small: list[StowRequest], clients: int) -> IngestResult:
+    cpu0 = time.process_time()
     with RssSampler(server) as rss:
         ct_s = stow_phase(server, ct, clients, timeout=600) if ct else 0.0
     small_s = stow_phase(server, small, clients, timeout=600) if small else 0.0
@@ -432,6 +464,11 @@ def ingest(server: Server, ct: list[StowRequest], small: list[StowRequest], clie
         ct_bytes=sum(r.payload_bytes for r in ct),
         small_bytes=sum(r.payload_bytes for r in small),
         peak_rss_ct_bytes=rss.peak_bytes,
+        peak_pss_ct_bytes=rss.peak_pss_bytes,
+        start_rss_bytes=rss.first_bytes,
+        start_processes=rss.first_processes,
+        processes=rss.processes,
+        client_cpu_seconds=time.process_time() - cpu0,
     )
 
 
@@ -644,6 +681,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--pixport-cmd", help="command that runs PixPort's CLI (default: the venv's pixport)")
     parser.add_argument("--data", type=Path, default=generate.DEFAULT_OUT, help="data cache (default bench/.data)")
     parser.add_argument("--tmp", type=Path, help="where the servers' temporary folders go (default: system temp)")
+    parser.add_argument("--rounds", type=int, help="ingest rounds, median reported (default 2, --quick 1)")
     parser.add_argument("--gzip", action="store_true", help="ask for gzip on JSON replies (default: identity)")
     parser.add_argument("--out", type=Path, help="JSON results file (default bench/results/archive-<time>.json)")
     args = parser.parse_args(argv)
@@ -652,6 +690,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.server_names = [names[s.strip().lower()] for s in args.servers.split(",") if s.strip()]
     except KeyError as exc:
         parser.error(f"unknown server {exc}")
+    if (args.ct is not None and args.ct < 1) or (args.small is not None and args.small < 1):
+        parser.error("--ct and --small need at least 1")
+    if args.rounds is None:
+        args.rounds = 1 if args.quick else 2
     if args.ct is None:
         args.ct = 50 if args.quick else generate.FULL_CT
     if args.small is None:
@@ -659,7 +701,145 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+def _git_describe() -> dict[str, Any]:
+    def git(*cmd: str) -> str:
+        out = subprocess.run(["git", *cmd], cwd=REPO, capture_output=True, text=True, timeout=30, check=False)
+        return out.stdout.strip()
+
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        return {"commit": git("rev-parse", "HEAD"), "dirty": bool(git("status", "--porcelain", "--", "src"))}
+    return {}
+
+
+Ingests = dict[int, dict[str, list[IngestResult]]]
+Reads = dict[str, dict[str, dict[str, Any]]]
+
+
+def ingest_all(
+    args: argparse.Namespace, tmp: Path, ct: list[StowRequest], small: list[StowRequest]
+) -> tuple[Ingests, dict[str, Server], dict[str, dict[str, Any]]]:
+    """Every (round, clients, server) ingest on a fresh server; the last 4-client servers stay up."""
+    names: list[str] = args.server_names
+    ingests: Ingests = {c: {n: [] for n in names} for c in (1, 4)}
+    infos: dict[str, dict[str, Any]] = {}
+    live: dict[str, Server] = {}
+    for round_ in range(args.rounds):
+        order = names if round_ % 2 == 0 else names[::-1]  # alternate who goes first
+        for clients in (1, 4):
+            for name in order:
+                server = start(name, tmp, f"r{round_}c{clients}", args)
+                infos[name] = server.info
+                print(f"  STOW-RS {clients} client(s) -> {name} ...", end="", flush=True)
+                res = ingest(server, ct, small, clients)
+                ingests[clients][name].append(res)
+                print(
+                    f" {res.seconds:.1f} s, {res.instances_per_s:.0f} inst/s, {res.mb_per_s:.1f} MB/s, "
+                    f"RSS {res.start_rss_bytes / MB:.0f} MB idle, {res.peak_rss_ct_bytes / MB:.0f} MB peak "
+                    f"({res.processes} proc); client CPU {res.client_cpu_seconds:.1f} s",
+                    flush=True,
+                )
+                if clients == 4 and round_ == args.rounds - 1:
+                    live[name] = server  # the last 4-client servers answer the reads
+                else:
+                    retire(server)  # fresh state for every ingest
+    return ingests, live, infos
+
+
+def build_probes(args: argparse.Namespace, plan: generate.Plan, ct_bytes: int) -> list[Probe]:
+    qpid = plan.query_patient_id()
+    n_qido = 10 if args.quick else 40
+    return [
+        Probe(
+            "qido_patient_id",
+            f"QIDO-RS PatientID={qpid}",
+            n_qido,
+            3,
+            30,
+            qido("/studies", {"PatientID": qpid}, plan.count_patient_id(qpid), gzip=args.gzip),
+        ),
+        Probe(
+            "qido_page",
+            "QIDO-RS studies limit=100",
+            n_qido,
+            3,
+            30,
+            qido("/studies", {"limit": "100"}, min(100, plan.n_studies), gzip=args.gzip),
+        ),
+        Probe(
+            "qido_wildcard_name",
+            "QIDO-RS PatientName=KIM*",
+            n_qido,
+            3,
+            30,
+            qido("/studies", {"PatientName": "KIM*"}, plan.count_name_prefix("KIM"), gzip=args.gzip),
+        ),
+        Probe(
+            "study_metadata",
+            f"CT study /metadata ({len(plan.ct_files)} inst)",
+            5 if args.quick else 10,
+            1,
+            45,
+            metadata(plan.ct_study_uid, len(plan.ct_files), gzip=args.gzip),
+        ),
+        Probe(
+            "wado_study",
+            "WADO-RS CT study retrieve",
+            3 if args.quick else 5,
+            1,
+            45,
+            wado_study(plan.ct_study_uid, ct_bytes),
+        ),
+    ]
+
+
+def _pair(values: dict[str, float]) -> tuple[float | None, float | None]:
+    return values.get(PIXPORT), values.get(ORTHANC)
+
+
+def build_rows(ingests: Ingests, reads: Reads, probes: list[Probe]) -> list[Row]:
+    rows: list[Row] = []
+
+    def ingest_median(clients: int, fn: Callable[[IngestResult], float]) -> dict[str, float]:
+        return {n: statistics.median(fn(x) for x in runs) for n, runs in ingests[clients].items()}
+
+    for clients, target, aim in ((1, ">=1.2x", "1.5x"), (4, ">=1.0x", "1.5x")):
+        label = f"STOW-RS {clients} client{'s' if clients > 1 else ''}"
+        inst_rate = ingest_median(clients, lambda x: x.instances_per_s)
+        rows.append(Row(f"{label}, all", "inst/s", *_pair(inst_rate), target, aim))
+        rows.append(Row(f"{label}, all", "MB/s", *_pair(ingest_median(clients, lambda x: x.mb_per_s)), target, aim))
+        ct_rate = ingest_median(clients, lambda x: x.ct_bytes / MB / x.ct_seconds if x.ct_seconds else 0.0)
+        rows.append(Row(f"  {label}, CT part", "MB/s", *_pair(ct_rate), ""))
+        small_rate = ingest_median(clients, lambda x: x.small_instances / x.small_seconds if x.small_seconds else 0.0)
+        rows.append(Row(f"  {label}, small part", "inst/s", *_pair(small_rate), ""))
+    for key, target in (
+        ("qido_patient_id", "<=0.5x"),
+        ("qido_page", "<=0.5x"),
+        ("qido_wildcard_name", "<=0.5x"),
+        ("study_metadata", "<=0.25x"),
+    ):
+        label = next(p.label for p in probes if p.key == key)
+        rows.append(Row(label, "ms", *_pair({n: x["median"] * 1000 for n, x in reads[key].items()}), target))
+    wado = {n: x["median"] for n, x in reads["wado_study"].items()}
+    rows.append(Row("WADO-RS CT study retrieve", "MB/s", *_pair(wado), ">=0.8x", "1.0x"))
+    every = {n: [x for c in (1, 4) for x in ingests[c][n]] for n in ingests[1]}
+    peak = {n: max(x.peak_rss_ct_bytes for x in runs) / MB for n, runs in every.items()}
+    rows.append(Row("peak RSS while ingesting CT", "MB", *_pair(peak), f"<{RSS_LIMIT_MB:.0f} MB"))
+    pss = {n: max(x.peak_pss_ct_bytes for x in runs) / MB for n, runs in every.items()}
+    rows.append(Row("  peak PSS while ingesting CT", "MB", *_pair(pss), ""))
+    idle = {n: min(x.start_rss_bytes for x in runs) / MB for n, runs in every.items()}
+    rows.append(Row("  RSS of the idle server", "MB", *_pair(idle), ""))
+    for probe in probes:
+        for n, res in reads[probe.key].items():
+            if res["check"]:
+                row = next(x for x in rows if x.metric == probe.label)
+                row.note = f"CHECK {n}: {res['check']}" if not row.note else f"{row.note}; {n}: {res['check']}"
+    for row in rows:
+        row.judge()
+    return rows
+
+
 def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
+    load_at_start = os.getloadavg()
     plan = generate.ensure_data(generate.build_plan(args.ct, args.small, args.data))
     names: list[str] = args.server_names
     ct = build_requests(plan.ct_files, args.per_request, "ct")
@@ -668,125 +848,31 @@ def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     small_bytes = sum(r.payload_bytes for r in small)
     print(
         f"data: {len(plan.ct_files)} CT slices ({ct_bytes / MB:.0f} MB) + {len(plan.small_files)} small studies "
-        f"({small_bytes / MB:.1f} MB), {args.per_request} instances per STOW-RS request; servers: {', '.join(names)}",
+        f"({small_bytes / MB:.1f} MB), {args.per_request} instances per STOW-RS request; servers: {', '.join(names)}; "
+        f"load average {load_at_start[0]:.1f} on {os.cpu_count()} CPUs",
         flush=True,
     )
-
-    ingests: dict[int, dict[str, IngestResult]] = {1: {}, 4: {}}
-    infos: dict[str, dict[str, Any]] = {}
-    live: dict[str, Server] = {}
-    for clients in (1, 4):
-        for name in names:
-            server = start(name, tmp, f"c{clients}", args)
-            infos[name] = server.info
-            print(f"  STOW-RS {clients} client(s) -> {name} ...", end="", flush=True)
-            res = ingest(server, ct, small, clients)
-            ingests[clients][name] = res
-            print(
-                f" {res.seconds:.1f} s, {res.instances_per_s:.0f} inst/s, {res.mb_per_s:.1f} MB/s, "
-                f"peak RSS {res.peak_rss_ct_bytes / MB:.0f} MB",
-                flush=True,
-            )
-            if clients == 1:
-                retire(server)  # fresh state for the 4-client run
-            else:
-                live[name] = server  # the 4-client servers answer the reads
-
+    ingests, live, infos = ingest_all(args, tmp, ct, small)
     servers = [live[n] for n in names]
-    qpid = plan.query_patient_id()
-    n_page = min(100, plan.n_studies)
-    quick = args.quick
-    probes = [
-        Probe(
-            "qido_patient_id",
-            f"QIDO-RS PatientID={qpid}",
-            10 if quick else 40,
-            3,
-            30,
-            qido("/studies", {"PatientID": qpid}, plan.count_patient_id(qpid), gzip=args.gzip),
-        ),
-        Probe(
-            "qido_page",
-            "QIDO-RS studies limit=100",
-            10 if quick else 40,
-            3,
-            30,
-            qido("/studies", {"limit": "100"}, n_page, gzip=args.gzip),
-        ),
-        Probe(
-            "qido_wildcard_name",
-            "QIDO-RS PatientName=KIM*",
-            10 if quick else 40,
-            3,
-            30,
-            qido("/studies", {"PatientName": "KIM*"}, plan.count_name_prefix("KIM"), gzip=args.gzip),
-        ),
-        Probe(
-            "study_metadata",
-            f"CT study /metadata ({len(plan.ct_files)} inst)",
-            5 if quick else 10,
-            1,
-            45,
-            metadata(plan.ct_study_uid, len(plan.ct_files), gzip=args.gzip),
-        ),
-        Probe(
-            "wado_study",
-            "WADO-RS CT study retrieve",
-            3 if quick else 5,
-            1,
-            45,
-            wado_study(plan.ct_study_uid, ct_bytes),
-        ),
-    ]
-    reads: dict[str, dict[str, dict[str, Any]]] = {}
+    probes = build_probes(args, plan, ct_bytes)
+    reads: Reads = {}
     for probe in probes:
         print(f"  {probe.label} ...", end="", flush=True)
         reads[probe.key] = measure(probe, servers)
-        shown = ", ".join(
-            f"{n} {_fmt(r['median'] * (1 if probe.key == 'wado_study' else 1000))}" for n, r in reads[probe.key].items()
-        )
-        print(f" {shown}", flush=True)
+        scale = 1 if probe.key == "wado_study" else 1000
+        print(" " + ", ".join(f"{n} {_fmt(r['median'] * scale)}" for n, r in reads[probe.key].items()), flush=True)
     stop_all()
-
-    def pair(values: dict[str, float]) -> tuple[float | None, float | None]:
-        return values.get(PIXPORT), values.get(ORTHANC)
-
-    rows: list[Row] = []
-    for clients, target, aim in ((1, ">=1.2x", "1.5x"), (4, ">=1.0x", "1.5x")):
-        res = ingests[clients]
-        label = f"STOW-RS {clients} client{'s' if clients > 1 else ''}"
-        rows.append(Row(f"{label}, all", "inst/s", *pair({n: x.instances_per_s for n, x in res.items()}), target, aim))
-        rows.append(Row(f"{label}, all", "MB/s", *pair({n: x.mb_per_s for n, x in res.items()}), target, aim))
-        if ct:
-            ct_rate = {n: x.ct_bytes / MB / x.ct_seconds for n, x in res.items()}
-            rows.append(Row(f"  {label}, CT part", "MB/s", *pair(ct_rate), ""))
-        if small:
-            small_rate = {n: x.small_instances / x.small_seconds for n, x in res.items()}
-            rows.append(Row(f"  {label}, small part", "inst/s", *pair(small_rate), ""))
-    for key, target in (
-        ("qido_patient_id", "<=0.5x"),
-        ("qido_page", "<=0.5x"),
-        ("qido_wildcard_name", "<=0.5x"),
-        ("study_metadata", "<=0.25x"),
-    ):
-        label = next(p.label for p in probes if p.key == key)
-        rows.append(Row(label, "ms", *pair({n: x["median"] * 1000 for n, x in reads[key].items()}), target))
-    wado = {n: x["median"] for n, x in reads["wado_study"].items()}
-    rows.append(Row("WADO-RS CT study retrieve", "MB/s", *pair(wado), ">=0.8x", "1.0x"))
-    peak = {n: max(ingests[c][n].peak_rss_ct_bytes for c in (1, 4)) / MB for n in names}
-    rows.append(Row("peak RSS while ingesting CT", "MB", *pair(peak), f"<{RSS_LIMIT_MB:.0f} MB"))
-    for key, probe in ((p.key, p) for p in probes):
-        for n, res in reads[key].items():
-            if res["check"]:
-                row = next(x for x in rows if x.metric == probe.label)
-                row.note = f"CHECK {n}: {res['check']}" if not row.note else f"{row.note}; {n}: {res['check']}"
-    for row in rows:
-        row.judge()
-
+    rows = build_rows(ingests, reads, probes)
     return {
         "when": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "quick": quick,
-        "host": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version()},
+        "quick": args.quick,
+        "host": {
+            "platform": platform.platform(),
+            "cpus": os.cpu_count(),
+            "loadavg_at_start": load_at_start,
+            "python": platform.python_version(),
+        },
+        "git": _git_describe(),
         "data": {
             "version": generate.DATASET_VERSION,
             "ct_instances": len(plan.ct_files),
@@ -795,13 +881,14 @@ def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
             "small_bytes": small_bytes,
             "instances_per_request": args.per_request,
             "ct_study_uid": plan.ct_study_uid,
-            "query_patient_id": qpid,
+            "query_patient_id": plan.query_patient_id(),
         },
+        "settings": {"rounds": args.rounds, "pixport_workers": args.workers, "gzip": args.gzip},
         "servers": infos,
         "ingest": {
             str(c): {
-                n: {**vars(res), "instances_per_s": res.instances_per_s, "mb_per_s": res.mb_per_s}
-                for n, res in v.items()
+                n: [{**vars(res), "instances_per_s": res.instances_per_s, "mb_per_s": res.mb_per_s} for res in runs]
+                for n, runs in v.items()
             }
             for c, v in ingests.items()
         },
