@@ -29,7 +29,8 @@ class HttpSettings(BaseModel):
 
     host: str = "127.0.0.1"
     port: int = Field(default=8042, ge=0, le=65535)
-    workers: int = Field(default=1, ge=1, le=64)
+    workers: int = Field(default=0, ge=0, le=64)
+    """Server processes sharing the port; 0 means one per CPU core."""
     public_url: str | None = None
     """Base URL that clients use to reach this node; RetrieveURL and BulkDataURI are built on
     it.  When unset, the URL of each request is used."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 
 import structlog
 import uvicorn
@@ -26,6 +27,7 @@ def run(settings: Settings) -> None:
     every core.  They rebuild their settings from the same environment and config file.
     """
     configure_logging(settings.log_level)
+    workers = settings.http.workers or os.cpu_count() or 1
     archive = build_archive(settings)
     common = {
         "host": settings.http.host,
@@ -36,13 +38,13 @@ def run(settings: Settings) -> None:
         "http": "httptools",
         "timeout_keep_alive": 30,
     }
-    if settings.http.workers == 1:
+    if workers == 1:
         uvicorn.run(AccessLog(create_app(archive)), **common)  # type: ignore[arg-type]
         return
     archive.close()
     uvicorn.run(
         "pixport.dicomweb.app:create_app_from_environment",
         factory=True,
-        workers=settings.http.workers,
+        workers=workers,
         **common,  # type: ignore[arg-type]
     )
