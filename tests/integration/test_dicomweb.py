@@ -459,3 +459,16 @@ def test_wado_uri(loaded: Node) -> None:
     assert jpeg.headers["content-type"] == "image/jpeg"
     assert httpx.get(loaded.url + "/wado", params={**params, "requestType": "X"}).status_code == 400
     assert httpx.get(loaded.url + "/wado", params={**params, "objectUID": "1.2.3"}).status_code == 404
+
+
+def test_qido_includefield_beyond_the_indexed_attributes(loaded: Node) -> None:
+    study, _, _ = uids(CT)
+    ds = pydicom.dcmread(CT, stop_before_pixels=True)
+    found = qido(loaded, "/studies", StudyInstanceUID=study, includefield="00180050,Manufacturer")
+    assert found[0]["00180050"]["Value"] == [float(ds.SliceThickness)]
+    assert found[0]["00080070"]["Value"] == [ds.Manufacturer]
+    everything = qido(loaded, f"/studies/{study}/series", includefield="all")
+    assert everything[0]["00080070"]["Value"] == [ds.Manufacturer]
+    assert "7FE00010" not in everything[0]
+    plain = qido(loaded, "/studies", StudyInstanceUID=study)
+    assert "00080070" not in plain[0]

@@ -10,8 +10,8 @@ import pydicom
 import pytest
 from test_dicomweb import KOREAN_ISO2022, Node, start_node, stow
 
-SECRET_NAME = "Secretname^Patientgiven"
-SECRET_ID = "RRN-800101-1234567"
+SECRET_NAME = "Secretname^Patientgiven"  # noqa: S105  a patient name, not a password
+SECRET_ID = "RRN-800101-1234567"  # noqa: S105  a synthetic resident registration number
 
 
 def _patient_file() -> bytes:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
+import pixport
 from pixport.config import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -39,8 +40,6 @@ def test_readme_names_the_two_commands_ci_runs() -> None:
 
 
 def test_public_api_is_pinned() -> None:
-    import pixport
-
     assert sorted(pixport.__all__) == [
         "Archive",
         "PixportError",

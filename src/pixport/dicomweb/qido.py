@@ -33,7 +33,10 @@ def _search(level: Level) -> Any:
         )
         rows = await run_in_threadpool(archive.index.search, parsed.query)
         base = base_url(request)
-        body = orjson.dumps([_document(row, level, base, parsed) for row in rows])
+        documents = [_document(row, level, base, parsed) for row in rows]
+        if parsed.include_all or parsed.include_fields:
+            await run_in_threadpool(_add_included_fields, archive, rows, documents, parsed)
+        body = orjson.dumps([dict(sorted(d.items())) for d in documents])
         return json_response(request, body, headers=warning_header(parsed.warnings))
 
     return endpoint
@@ -42,6 +45,29 @@ def _search(level: Level) -> Any:
 search_for_studies = _search("study")
 search_for_series = _search("series")
 search_for_instances = _search("instance")
+
+
+def _add_included_fields(
+    archive: Archive, rows: list[QueryRow], documents: list[dict[str, Any]], parsed: ParsedQuery
+) -> None:
+    """Fill includefield attributes that the level does not index from a representative instance.
+
+    As a PACS does: the first instance of the study or series stands for it.  ``all`` adds every
+    attribute of that instance except bulk data.
+    """
+    for row, document in zip(rows, documents, strict=True):
+        wanted = {tag for tag in parsed.include_fields if "Value" not in document.get(tag, {})}
+        if not (wanted or parsed.include_all):
+            continue
+        first = archive.index.list_metadata(row.study_instance_uid, row.series_instance_uid, row.sop_instance_uid, 1)
+        if not first:
+            continue
+        instance = orjson.loads(first[0])
+        for tag, element in instance.items():
+            if "BulkDataURI" in element or "InlineBinary" in element:
+                continue
+            if tag in wanted or (parsed.include_all and tag not in document):
+                document[tag] = element
 
 
 def _document(row: QueryRow, level: Level, base: str, parsed: ParsedQuery) -> dict[str, Any]:
@@ -74,7 +100,7 @@ def _document(row: QueryRow, level: Level, base: str, parsed: ParsedQuery) -> di
     document[INSTANCE_AVAILABILITY] = {"vr": "CS", "Value": ["ONLINE"]}
     for tag in parsed.include_fields:
         document.setdefault(tag, {"vr": _vr_of(tag)})
-    return dict(sorted(document.items()))
+    return document
 
 
 def _vr_of(tag: str) -> str:

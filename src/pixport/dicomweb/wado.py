@@ -189,7 +189,7 @@ def choose_frame_syntax(accept: Sequence[MediaType], stored_syntax: str) -> tupl
         part_type = media.params.get("type", OCTET_STREAM).lower()
         syntax = media.params.get("transfer-syntax")
         if part_type == OCTET_STREAM:
-            if syntax == "*" or syntax == stored_syntax:
+            if syntax in {"*", stored_syntax}:
                 return OCTET_STREAM, False  # as stored, labelled with its transfer syntax
             if syntax in {None, EXPLICIT_VR_LITTLE_ENDIAN}:
                 return OCTET_STREAM, stored_syntax != EXPLICIT_VR_LITTLE_ENDIAN

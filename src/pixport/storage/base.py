@@ -127,9 +127,13 @@ class IndexStore(Protocol):
         ...
 
     def list_metadata(
-        self, study_instance_uid: str, series_instance_uid: str | None = None, sop_instance_uid: str | None = None
+        self,
+        study_instance_uid: str,
+        series_instance_uid: str | None = None,
+        sop_instance_uid: str | None = None,
+        limit: int | None = None,
     ) -> list[bytes]:
-        """Stored DICOM JSON of each instance in scope, same order as ``list_instances``."""
+        """Stored DICOM JSON of each instance in scope (at most ``limit``), ordered as ``list_instances``."""
         ...
 
     def list_conflicts(self) -> list[Conflict]:

@@ -520,9 +520,15 @@ class SqlIndexStore:
             ]
 
     def list_metadata(
-        self, study_instance_uid: str, series_instance_uid: str | None = None, sop_instance_uid: str | None = None
+        self,
+        study_instance_uid: str,
+        series_instance_uid: str | None = None,
+        sop_instance_uid: str | None = None,
+        limit: int | None = None,
     ) -> list[bytes]:
         stmt = self._scope([instances.c.metadata_json], study_instance_uid, series_instance_uid, sop_instance_uid)
+        if limit is not None:
+            stmt = stmt.limit(limit)
         with self._errors(), self.engine.connect() as conn:
             return [bytes(row[0]) for row in conn.execute(stmt)]
 
