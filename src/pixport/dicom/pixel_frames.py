@@ -50,6 +50,8 @@ END_OF_IMAGE = b"\xff\xd9"
 # 65535 x 65535 pixels of 64 bits).
 MAX_FRAME_BYTES = 1 << 30
 BYTE = 8
+# Values of these VRs are kept as raw bytes by pydicom; from big endian they must be swapped.
+WORD_VRS = {"OW": 2, "OF": 4, "OL": 4, "OD": 8, "OV": 8}
 VALID_BITS_ALLOCATED = frozenset({1, 8, 16, 32, 64})
 HEADER_ERRORS = (
     InvalidDicomError,
@@ -232,6 +234,17 @@ def has_pixel_data(fp: IO[bytes], header: StoredHeader) -> bool:
     little = header.dataset.original_encoding[1] is not False
     group, elem = struct.unpack("<HH" if little else ">HH", fp.read(4))
     return ((group << 16) | elem) in PIXEL_KEYWORDS
+
+
+def swap_word_values(dataset: Dataset) -> None:
+    """Swap the OW/OF/OL/OD/OV values pydicom keeps as raw bytes of a big endian data set.
+
+    Pixel Data is left alone: its swapping depends on Bits Allocated.
+    """
+    for element in dataset.iterall():
+        width = WORD_VRS.get(str(element.VR))
+        if width and isinstance(element.value, bytes) and element.tag not in PIXEL_KEYWORDS:
+            element.value = swap_bytes(element.value, width)
 
 
 def open_stored_pixels(fp: IO[bytes], header: StoredHeader | None = None) -> StoredPixels:
@@ -446,8 +459,9 @@ def _group_fragments(
     base = fragments[0][0] - 8
     starts = {offset - 8 - base: i for i, (offset, _) in enumerate(fragments)}
     extended = _extended_offsets(stored.dataset)
-    for offsets in (extended, _basic_offsets(basic_offsets)):
-        by_table = _group_by_offsets(offsets, starts, fragments, frames)
+    # The Extended Offset Table is only allowed with one fragment per frame (PS3.3 C.7.6.3.1.8).
+    for offsets, single in ((extended, True), (_basic_offsets(basic_offsets), False)):
+        by_table = _group_by_offsets(offsets, starts, fragments, frames, single=single)
         if by_table is not None:
             return by_table
     if len(fragments) <= frames:
@@ -490,6 +504,8 @@ def _group_by_offsets(
     starts: dict[int, int],
     fragments: list[tuple[int, int]],
     frames: int,
+    *,
+    single: bool,
 ) -> list[list[tuple[int, int]]] | None:
     """Group fragments by an offset table, or None if the table does not fit the fragments."""
     if offsets is None or len(offsets) != frames or offsets[0] != 0:
@@ -497,6 +513,8 @@ def _group_by_offsets(
     if any(b <= a for a, b in itertools.pairwise(offsets)) or any(o not in starts for o in offsets):
         return None
     first = [starts[o] for o in offsets]
+    if single:
+        return [[fragments[i]] for i in first]
     bounds = [*first, len(fragments)]
     return [fragments[bounds[i] : bounds[i + 1]] for i in range(frames)]
 

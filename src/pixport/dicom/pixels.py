@@ -40,6 +40,7 @@ from pixport.dicom.pixel_frames import (
     open_stored_pixels,
     read_header,
     swap_bytes,
+    swap_word_values,
 )
 from pixport.dicom.pixel_render import check_render_options, encode_image, render_array
 from pixport.errors import PixelDataError
@@ -52,8 +53,6 @@ __all__ = [
     "transcode_to_explicit_vr_little_endian",
 ]
 
-# Values of these VRs are kept as raw bytes by pydicom; from big endian they must be swapped.
-WORD_VRS = {"OW": 2, "OF": 4, "OL": 4, "OD": 8, "OV": 8}
 PIXEL_TAGS = frozenset({0x7FE00010, 0x7FE00008, 0x7FE00009})
 # Digital Signatures (FFFA,FFFA) no longer match a re-encoded object; (FFFC,FFFC) is padding.
 DROPPED_AFTER_PIXELS = 0xFFFAFFFA
@@ -139,6 +138,11 @@ def render(
     stored = open_stored_pixels(fp)
     check_frame_numbers(stored, [frame_number])
     array, photometric = _decoded_array(stored, frame_number - 1)
+    if not stored.little_endian:
+        # Lookup tables (palette, VOI, modality) in OW are raw big endian bytes: make them
+        # little endian, and say so, for pydicom's LUT functions.
+        swap_word_values(stored.dataset)
+        stored.dataset.file_meta.TransferSyntaxUID = UID(EXPLICIT_VR_LITTLE_ENDIAN)
     try:
         pixels = render_array(array, stored.dataset, photometric, frame_number - 1, window)
     except (MemoryError, ValueError, TypeError, OverflowError, FloatingPointError) as exc:
@@ -222,7 +226,7 @@ def _transcoded_dataset(fp: IO[bytes], header: StoredHeader) -> Dataset:
         dataset = header.dataset
         implicit, little = dataset.original_encoding
         if little is False:
-            _swap_word_values(dataset)
+            swap_word_values(dataset)
         if has_pixel_data(fp, header):
             stored = open_stored_pixels(fp, header)
             _set_pixel_data(fp, dataset, stored)
@@ -286,17 +290,9 @@ def _add_trailing_elements(fp: IO[bytes], dataset: Dataset, end: int, *, implici
         for tag in [tag for tag in trailing.keys() if tag >= DROPPED_AFTER_PIXELS]:  # noqa: SIM118 - deleting while iterating
             del trailing[tag]
         if not little:
-            _swap_word_values(trailing)
+            swap_word_values(trailing)
         elements = list(trailing)
     except HEADER_ERRORS:
         return  # unreadable bytes after Pixel Data: keep what precedes them
     for element in elements:
         dataset[element.tag] = element
-
-
-def _swap_word_values(dataset: Dataset) -> None:
-    """Swap the OW/OF/OL/OD/OV values pydicom keeps as raw bytes of a big endian data set."""
-    for element in dataset.iterall():
-        width = WORD_VRS.get(str(element.VR))
-        if width and isinstance(element.value, bytes) and element.tag not in PIXEL_TAGS:
-            element.value = swap_bytes(element.value, width)
