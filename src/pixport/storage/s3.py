@@ -1,14 +1,16 @@
 """Blobs as objects in an S3-compatible store under their SHA-256: ``blobs/ab/cd/abcd…``.
 
-Ingest stages each object in a local folder (``storage.data_dir / "tmp"``); ``put_files``
-uploads it with its SHA-256 as the S3 checksum, so that the server refuses altered bytes,
-checks what was stored, and only then deletes the temporary file.  No DICOM attribute is ever
-part of a key.
+Ingest stages each object in a local folder (``storage.data_dir / "tmp"``).  ``put_files``
+re-hashes the staged file, uploads it with its SHA-256 as the S3 checksum (so that the server
+refuses bytes altered on the way), checks the size of what was stored, and only then deletes
+the temporary file.  ``open`` hashes what it reads back.  No DICOM attribute is ever part of a
+key.
 """
 
 from __future__ import annotations
 
 import base64
+import errno
 import hashlib
 import tempfile
 from collections.abc import Iterator, Sequence
@@ -64,7 +66,13 @@ def _unavailable(action: str) -> Iterator[None]:
     except ClientError as exc:
         msg = f"object store refused to {action}: {_error_code(exc) or 'error'}"
         raise StorageUnavailable(msg) from exc
-    except (BotoCoreError, OSError) as exc:  # OSError: sockets, and the local staging files
+    except OSError as exc:  # sockets, and the local staging files
+        if exc.errno in {errno.ENOSPC, errno.EDQUOT}:
+            msg = f"no space left in the staging folder ({action})"
+            raise OutOfResources(msg) from exc
+        msg = f"object store unavailable ({action}): {type(exc).__name__}"
+        raise StorageUnavailable(msg) from exc
+    except BotoCoreError as exc:
         msg = f"object store unavailable ({action}): {type(exc).__name__}"
         raise StorageUnavailable(msg) from exc
 
