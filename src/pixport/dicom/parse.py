@@ -77,6 +77,7 @@ def parse_instance(path: Path, limits: ParseLimits) -> ParsedInstance:
         ts_uid = _transfer_syntax(dataset, warnings)
         extent: PixelDataExtent | None = None
         if ts_uid != DEFLATED:
+            _check_extents(dataset, size)
             if position > size:
                 msg = "object is truncated"
                 raise MalformedInstance(msg)
@@ -124,6 +125,19 @@ def _read_header(fp: IO[bytes], limits: ParseLimits) -> Dataset:
             msg = f"element {Tag(element.tag)} is longer than {limits.max_element_bytes} bytes"
             raise LimitExceeded(msg)
     return dataset
+
+
+def _check_extents(dataset: Dataset, size: int) -> None:
+    """Refuse an object whose top-level element claims more bytes than the file has.
+
+    pydicom stops quietly at the end of the file; a value running past it means truncation.
+    """
+    for element in dataset.elements():
+        value_tell = getattr(element, "value_tell", None)
+        length = getattr(element, "length", 0) or 0
+        if value_tell is not None and length != UNDEFINED_LENGTH and value_tell + length > size:
+            msg = f"object is truncated inside element {Tag(element.tag)}"
+            raise MalformedInstance(msg)
 
 
 def _transfer_syntax(dataset: Dataset, warnings: list[str]) -> str:
