@@ -35,7 +35,7 @@ from sqlalchemy import (
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 
-from pixport.dicom.names import search_forms
+from pixport.dicom.names import normalize, search_forms
 from pixport.errors import BadQuery, OutOfResources, StorageUnavailable
 from pixport.storage.base import (
     Conflict,
@@ -364,6 +364,8 @@ class SqlIndexStore:
             if high:
                 parts.append(column <= (high + "~" if match.attribute in TIME_ATTRIBUTES else high))
             return and_(*parts)
+        if match.kind in {"name", "fuzzy"}:
+            value = normalize(value)  # idempotent: callers need not have done it
         if match.kind == "name":
             groups = [g for g in value.split("=") if g]
             return or_(*(column.like("%=" + like_pattern(g) + "=%", escape="\\") for g in groups))
