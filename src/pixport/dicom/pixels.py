@@ -29,15 +29,13 @@ from pydicom.filereader import read_dataset
 from pydicom.pixels.decoders.base import get_decoder
 from pydicom.uid import UID
 
-from pixport.dicom.pixel_frames import (
+from pixport.dicom.pixel_frames import StoredPixels, check_frame_numbers, open_stored_pixels
+from pixport.dicom.pixel_header import (
     DEFLATED,
     EXPLICIT_VR_LITTLE_ENDIAN,
     HEADER_ERRORS,
     StoredHeader,
-    StoredPixels,
-    check_frame_numbers,
     has_pixel_data,
-    open_stored_pixels,
     read_header,
     swap_bytes,
     swap_word_values,
@@ -145,7 +143,7 @@ def render(
         stored.dataset.file_meta.TransferSyntaxUID = UID(EXPLICIT_VR_LITTLE_ENDIAN)
     try:
         pixels = render_array(array, stored.dataset, photometric, frame_number - 1, window)
-    except (MemoryError, ValueError, TypeError, OverflowError, FloatingPointError) as exc:
+    except (MemoryError, ValueError, TypeError, OverflowError, FloatingPointError, LookupError, AttributeError) as exc:
         msg = f"frame {frame_number} cannot be rendered: {type(exc).__name__}"
         raise PixelDataError(msg) from exc
     return encode_image(pixels, media_type, viewport, quality)
