@@ -7,11 +7,13 @@ no intact blob (check); 2 bad settings; 3 storage failure (mapped in ``cli/main.
 from __future__ import annotations
 
 import importlib
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
 import orjson
+import structlog
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -33,6 +35,15 @@ archive_app = typer.Typer(
 )
 
 
+def _logs_to_stderr() -> None:
+    """Keep stdout for the command's output (``--json`` must parse); logs go to stderr.
+
+    Only when nothing configured structlog yet (``cli/main.py`` may do it for every command).
+    """
+    if not structlog.is_configured():
+        structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stderr))
+
+
 def _stdout() -> Console:
     return Console(highlight=False, soft_wrap=False)
 
@@ -48,6 +59,7 @@ def import_media(
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
 ) -> None:
     """Import DICOM files from folders, ZIP files and DICOMDIR media (e.g. a patient's CD)."""
+    _logs_to_stderr()
     settings = settings_from(ctx)
     archive = build_archive(settings)
     try:
@@ -125,6 +137,7 @@ def check(
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
 ) -> None:
     """Verify every index row against its blob; report (or sweep, with --repair) orphans and stale files."""
+    _logs_to_stderr()
     settings = settings_from(ctx)
     archive = build_archive(settings)
     try:
