@@ -139,7 +139,7 @@ def test_import_zip_streams_members_and_never_uses_their_names(tmp_path: Path) -
             zf.write(path, f"CD/IMAGES/IMG{number:04d}")
         zf.write(CORPUS / "modality" / "ct" / "CT_small.dcm", "../../escaped.dcm")
         zf.writestr("/abs/README.TXT", "Insert the CD and run the viewer.\n")
-        zf.writestr("CD/nested.zip", b"PK\x05\x06" + b"\x00" * 18  # an empty ZIP: never opened)
+        zf.writestr("CD/nested.zip", b"PK\x05\x06" + b"\x00" * 18)  # an empty ZIP: never opened
     data = tmp_path / "run" / "data"
 
     code, summary = import_json(data, archive)
