@@ -143,7 +143,7 @@ def test_stale_staging_files_are_swept_and_fresh_ones_kept(archive: Archive) -> 
 
 
 def test_conflicting_bytes_are_kept_for_review(archive: Archive, tmp_path: Path) -> None:
-    original = sorted(TINY_SERIES.iterdir())[0]
+    original = min(TINY_SERIES.iterdir())
     altered = tmp_path / "altered"
     altered.write_bytes(original.read_bytes() + b"\x00\x00")  # same SOP Instance UID, other bytes
     (result,) = archive.ingest.ingest_paths([altered])
