@@ -199,26 +199,96 @@ class SqlIndexStore:
     # -- writing --------------------------------------------------------------------------
 
     def store_instances(self, batch: Sequence[NewInstance]) -> list[Outcome]:
-        with self._errors(), self.write_engine.begin() as conn:
-            known: dict[str, int] = {}  # study/series UID -> pk, within this batch
-            return [self._store_one(conn, item, known) for item in batch]
+        """Set-based: a handful of statements per batch, whatever its size.
 
-    def _store_one(self, conn: Connection, item: NewInstance, known: dict[str, int]) -> Outcome:
+        Studies and series are created with ``INSERT … ON CONFLICT DO NOTHING`` and looked up
+        again, so concurrent writers (other server processes, PostgreSQL sessions) agree on
+        one row.  Instances likewise; then every offered instance's stored digest decides its
+        outcome: ours (stored, or identical: duplicate) or another's (conflict, recorded).
+        """
+        if not batch:
+            return []
         now = _now()
-        study_pk = known.get(item.study_instance_uid)
-        if study_pk is None:
-            study_pk = self._get_or_create(
-                conn, studies, studies.c.study_instance_uid, item.study_instance_uid, self._study_row(item, now)
+        with self._errors(), self.write_engine.begin() as conn:
+            study_pks = self._ensure(
+                conn,
+                studies,
+                studies.c.study_instance_uid,
+                {item.study_instance_uid: item for item in batch},
+                lambda item: self._study_row(item, now),
             )
-            known[item.study_instance_uid] = study_pk
-        series_pk = known.get(item.series_instance_uid)
-        if series_pk is None:
-            series_pk = self._get_or_create(
-                conn, series, series.c.series_instance_uid, item.series_instance_uid, self._series_row(item, study_pk)
+            series_pks = self._ensure(
+                conn,
+                series,
+                series.c.series_instance_uid,
+                {item.series_instance_uid: item for item in batch},
+                lambda item: self._series_row(item, study_pks[item.study_instance_uid]),
             )
-            known[item.series_instance_uid] = series_pk
+            offered = [item.sop_instance_uid for item in batch]
+            before = self._digests(conn, offered)
+            new_rows: dict[str, dict[str, Any]] = {}
+            for item in batch:
+                if item.sop_instance_uid not in before and item.sop_instance_uid not in new_rows:
+                    new_rows[item.sop_instance_uid] = self._instance_row(
+                        item, series_pks[item.series_instance_uid], study_pks[item.study_instance_uid], now
+                    )
+            if new_rows:
+                conn.execute(self._insert(instances).on_conflict_do_nothing(), list(new_rows.values()))
+            after = self._digests(conn, list(new_rows)) if new_rows else {}
+            outcomes: list[Outcome] = []
+            claimed: set[str] = set()
+            conflict_rows = []
+            for item in batch:
+                uid = item.sop_instance_uid
+                stored = before.get(uid) or after.get(uid)
+                if stored != item.digest:
+                    outcomes.append(Outcome.CONFLICT)
+                    conflict_rows.append(
+                        {
+                            "sop_instance_uid": uid,
+                            "stored_digest": stored or "",
+                            "offered_digest": item.digest,
+                            "source": item.source,
+                            "received_at": now,
+                        }
+                    )
+                elif uid in before or uid in claimed:
+                    outcomes.append(Outcome.DUPLICATE)
+                else:
+                    claimed.add(uid)
+                    outcomes.append(Outcome.STORED)
+            if conflict_rows:
+                conn.execute(conflicts.insert(), conflict_rows)
+            return outcomes
+
+    def _ensure(
+        self,
+        conn: Connection,
+        table: Table,
+        uid_column: Column[Any],
+        wanted: dict[str, NewInstance],
+        make_row: Callable[[NewInstance], dict[str, Any]],
+    ) -> dict[str, int]:
+        """UID -> pk for every wanted UID, inserting the missing rows."""
+        found: dict[str, int] = dict(conn.execute(select(uid_column, table.c.pk).where(uid_column.in_(list(wanted)))))
+        missing = [make_row(item) for uid, item in wanted.items() if uid not in found]
+        if missing:
+            conn.execute(self._insert(table).on_conflict_do_nothing(), missing)
+            rest = [uid for uid in wanted if uid not in found]
+            found.update(dict(conn.execute(select(uid_column, table.c.pk).where(uid_column.in_(rest)))))
+        return found
+
+    @staticmethod
+    def _digests(conn: Connection, uids: list[str]) -> dict[str, str]:
+        rows = conn.execute(
+            select(instances.c.sop_instance_uid, instances.c.digest).where(instances.c.sop_instance_uid.in_(uids))
+        )
+        return dict(rows)
+
+    @staticmethod
+    def _instance_row(item: NewInstance, series_pk: int, study_pk: int, now: str) -> dict[str, Any]:
         a = item.attributes
-        row = {
+        return {
             "sop_instance_uid": item.sop_instance_uid,
             "series_pk": series_pk,
             "study_pk": study_pk,
@@ -235,37 +305,6 @@ class SqlIndexStore:
             "source": item.source,
             "received_at": now,
         }
-        inserted = conn.execute(
-            self._insert(instances).values(row).on_conflict_do_nothing().returning(instances.c.pk)
-        ).first()
-        if inserted is not None:
-            return Outcome.STORED
-        stored_digest = conn.execute(
-            select(instances.c.digest).where(instances.c.sop_instance_uid == item.sop_instance_uid)
-        ).scalar_one()
-        if stored_digest == item.digest:
-            return Outcome.DUPLICATE
-        conn.execute(
-            conflicts.insert().values(
-                sop_instance_uid=item.sop_instance_uid,
-                stored_digest=stored_digest,
-                offered_digest=item.digest,
-                source=item.source,
-                received_at=now,
-            )
-        )
-        return Outcome.CONFLICT
-
-    def _get_or_create(
-        self, conn: Connection, table: Table, uid_column: Column[Any], uid: str, row: dict[str, Any]
-    ) -> int:
-        pk = conn.execute(select(table.c.pk).where(uid_column == uid)).scalar()
-        if pk is not None:
-            return int(pk)
-        inserted = conn.execute(self._insert(table).values(row).on_conflict_do_nothing().returning(table.c.pk)).scalar()
-        if inserted is None:  # a concurrent writer created it first
-            inserted = conn.execute(select(table.c.pk).where(uid_column == uid)).scalar_one()
-        return int(inserted)
 
     @staticmethod
     def _study_row(item: NewInstance, now: str) -> dict[str, Any]:
