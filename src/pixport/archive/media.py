@@ -29,7 +29,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pydicom
-from pydicom.filereader import read_file_meta_info
 
 from pixport.archive.ingest import OUT_OF_RESOURCES, IngestPipeline, InstanceResult
 from pixport.archive.staging import StagedFile, StagingFile
@@ -42,6 +41,8 @@ DEFAULT_BATCH_SIZE = 50
 MAX_DICOMDIR_BYTES = 64 * 1024 * 1024
 MAX_ZIP_MEMBERS = 200_000
 SNIFF_DEFER_BYTES = 1024 * 1024
+SNIFF_META_BYTES = 64 * 1024
+"""How much of a file's start is read to find its File Meta Media Storage SOP Class UID."""
 PREAMBLE = 128
 ELEMENT_HEADER = 8
 RAW_FIRST_GROUPS = frozenset({0x0002, 0x0008})
@@ -241,6 +242,7 @@ def _discover_dicomdir(found: Discovery, path: Path) -> None:
     except Exception:  # noqa: BLE001  any unreadable DICOMDIR: fall back to the folder walk
         return
     root = path.parent
+    listings: dict[Path, dict[str, Path]] = {}
     for record in records:
         file_id = record.get("ReferencedFileID")
         if not file_id:
@@ -249,7 +251,7 @@ def _discover_dicomdir(found: Discovery, path: Path) -> None:
         components = [c.strip() for c in components]
         reference = display_name(str(root / "/".join(components)))
         try:
-            target = resolve_reference(root, components)
+            target = resolve_reference(root, components, listings)
         except ValueError:
             found.rejected.append(Problem(reference, "DICOMDIR reference points outside the media"))
             continue
@@ -259,13 +261,18 @@ def _discover_dicomdir(found: Discovery, path: Path) -> None:
         found.add_file(target, display_name(str(target)))
 
 
-def resolve_reference(root: Path, components: Sequence[str]) -> Path | None:
+def resolve_reference(
+    root: Path, components: Sequence[str], listings: dict[Path, dict[str, Path]] | None = None
+) -> Path | None:
     """The file a DICOMDIR Referenced File ID names, inside ``root``; None if it is not there.
 
     Raises ``ValueError`` when the reference would leave ``root`` (``..``, a separator, an
     absolute path, or a symbolic link pointing elsewhere).  Media written on a
-    case-insensitive file system are matched case-insensitively.
+    case-insensitive file system are matched case-insensitively (``listings`` caches the
+    directory listings this needs, across the references of one DICOMDIR).
     """
+    if listings is None:
+        listings = {}
     if not components:
         raise ValueError("empty reference")
     for component in components:
@@ -276,7 +283,7 @@ def resolve_reference(root: Path, components: Sequence[str]) -> Path | None:
     for component in components:
         candidate: Path | None = current / component
         if candidate is None or not candidate.exists():
-            candidate = _case_insensitive(current, component)
+            candidate = _case_insensitive(current, component, listings)
         if candidate is None:
             return None
         current = candidate
@@ -286,14 +293,15 @@ def resolve_reference(root: Path, components: Sequence[str]) -> Path | None:
     return real if real.is_file() else None
 
 
-def _case_insensitive(directory: Path, component: str) -> Path | None:
-    if not directory.is_dir():
-        return None
-    wanted = component.upper()
-    for entry in sorted(directory.iterdir()):
-        if entry.name.upper() == wanted:
-            return entry
-    return None
+def _case_insensitive(directory: Path, component: str, listings: dict[Path, dict[str, Path]]) -> Path | None:
+    listing = listings.get(directory)
+    if listing is None:
+        listing = {}
+        if directory.is_dir():
+            for entry in sorted(directory.iterdir(), reverse=True):
+                listing[entry.name.upper()] = entry
+        listings[directory] = listing
+    return listing.get(component.upper())
 
 
 # -- sniffing --------------------------------------------------------------------------------
@@ -302,27 +310,48 @@ def _case_insensitive(directory: Path, component: str) -> Path | None:
 def sniff(path: Path) -> str | None:
     """Why ``path`` should be skipped (a DICOMDIR, or obviously not DICOM), or None to ingest it."""
     with path.open("rb") as fp:
-        head = fp.read(PREAMBLE + 4)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        if head[PREAMBLE:] == b"DICM":
-            try:
-                meta = read_file_meta_info(path)
-            except Exception:  # noqa: BLE001  a broken File Meta is the pipeline's to reject, with its reason
-                return None
-            if str(meta.get("MediaStorageSOPClassUID", "")).strip() == MEDIA_STORAGE_DIRECTORY:
-                return "DICOMDIR (media directory): not an image"
-            return None
-        first_group = {int.from_bytes(head[:2], "little"), int.from_bytes(head[:2], "big")}
-        if len(head) < ELEMENT_HEADER or not first_group & RAW_FIRST_GROUPS:
-            return "not a DICOM file"
-        try:
+        head = fp.read(PREAMBLE + 4 + SNIFF_META_BYTES)
+    if head[PREAMBLE : PREAMBLE + 4] == b"DICM":
+        if media_storage_sop_class(head[PREAMBLE + 4 :]) == MEDIA_STORAGE_DIRECTORY:
+            return "DICOMDIR (media directory): not an image"
+        return None  # anything else wrong with it is the pipeline's to reject, with its reason
+    first_group = {int.from_bytes(head[:2], "little"), int.from_bytes(head[:2], "big")}
+    if len(head) < ELEMENT_HEADER or not first_group & RAW_FIRST_GROUPS:
+        return "not a DICOM file"
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
             dataset = pydicom.dcmread(path, force=True, stop_before_pixels=True, defer_size=SNIFF_DEFER_BYTES)
             groups = {element.tag.group for element in dataset.elements()}
-        except Exception:  # noqa: BLE001  anything pydicom cannot read without a preamble is not DICOM
-            return "not a DICOM file"
+    except Exception:  # noqa: BLE001  anything pydicom cannot read without a preamble is not DICOM
+        return "not a DICOM file"
     if not groups & {0x0008, 0x0020}:
         return "not a DICOM file"
+    return None
+
+
+def media_storage_sop_class(meta: bytes) -> str | None:
+    """(0002,0002) Media Storage SOP Class UID from File Meta bytes (explicit VR little endian).
+
+    Walks the group 0002 element headers by hand, within ``meta`` only, so that a hostile
+    length cannot make us read or allocate more.
+    """
+    position = 0
+    while position + ELEMENT_HEADER <= len(meta):
+        group = int.from_bytes(meta[position : position + 2], "little")
+        element = int.from_bytes(meta[position + 2 : position + 4], "little")
+        if group != 0x0002:  # noqa: PLR2004  the File Meta group
+            return None
+        vr = meta[position + 4 : position + 6]
+        if vr in {b"OB", b"OW", b"UN", b"SQ", b"UT", b"UC", b"UR", b"OD", b"OF", b"OL", b"OV", b"SV", b"UV"}:
+            length = int.from_bytes(meta[position + 8 : position + 12], "little")
+            start = position + 12
+        else:
+            length = int.from_bytes(meta[position + 6 : position + 8], "little")
+            start = position + ELEMENT_HEADER
+        if element == 0x0002:  # noqa: PLR2004  Media Storage SOP Class UID
+            return meta[start : start + length].decode("ascii", "replace").strip("\x00 ")
+        position = start + length
     return None
 
 
