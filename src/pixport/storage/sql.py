@@ -270,12 +270,14 @@ class SqlIndexStore:
         make_row: Callable[[NewInstance], dict[str, Any]],
     ) -> dict[str, int]:
         """UID -> pk for every wanted UID, inserting the missing rows."""
-        found: dict[str, int] = dict(conn.execute(select(uid_column, table.c.pk).where(uid_column.in_(list(wanted)))))
+        found: dict[str, int] = dict(
+            conn.execute(select(uid_column, table.c.pk).where(uid_column.in_(list(wanted)))).all()
+        )
         missing = [make_row(item) for uid, item in wanted.items() if uid not in found]
         if missing:
             conn.execute(self._insert(table).on_conflict_do_nothing(), missing)
             rest = [uid for uid in wanted if uid not in found]
-            found.update(dict(conn.execute(select(uid_column, table.c.pk).where(uid_column.in_(rest)))))
+            found.update(dict(conn.execute(select(uid_column, table.c.pk).where(uid_column.in_(rest))).all()))
         return found
 
     @staticmethod
@@ -283,7 +285,7 @@ class SqlIndexStore:
         rows = conn.execute(
             select(instances.c.sop_instance_uid, instances.c.digest).where(instances.c.sop_instance_uid.in_(uids))
         )
-        return dict(rows)
+        return dict(rows.all())
 
     @staticmethod
     def _instance_row(item: NewInstance, series_pk: int, study_pk: int, now: str) -> dict[str, Any]:
