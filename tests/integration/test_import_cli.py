@@ -187,6 +187,32 @@ def test_zip_bomb_member_and_total_limits(tmp_path: Path) -> None:
     assert all("in total" in item["reason"] for item in summary["rejected"])
 
 
+def test_damaged_zip_and_damaged_member_are_rejected(tmp_path: Path) -> None:
+    files = tiny_files()[:3]
+    stored = tmp_path / "stored.zip"
+    with zipfile.ZipFile(stored, "w", zipfile.ZIP_STORED) as zf:
+        for number, path in enumerate(files):
+            zf.write(path, f"IMG{number}")
+    data = bytearray(stored.read_bytes())
+    with zipfile.ZipFile(stored) as zf:
+        second = zf.infolist()[1]
+    offset = second.header_offset + 30 + len(second.filename) + 200
+    data[offset] ^= 0xFF  # inside the second member's bytes: its CRC no longer matches
+    damaged_member = tmp_path / "member.zip"
+    damaged_member.write_bytes(bytes(data))
+    truncated = tmp_path / "truncated.zip"
+    truncated.write_bytes(stored.read_bytes()[: stored.stat().st_size // 2])
+
+    code, summary = import_json(tmp_path / "data", damaged_member, truncated)
+    assert code == 1
+    assert summary["stored"] == 2
+    assert summary["rejected"] == [
+        {"name": str(truncated), "reason": "ZIP file cannot be read: damaged or truncated"},
+        {"name": f"{damaged_member}!IMG1", "reason": "ZIP member cannot be read: BadZipFile"},
+    ]
+    assert list((tmp_path / "data" / "tmp").iterdir()) == []
+
+
 def _copy_media(tmp_path: Path) -> Path:
     media = tmp_path / "cd"
     series = media / "PT000000" / "ST000000" / "SE000000"

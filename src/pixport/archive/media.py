@@ -48,6 +48,7 @@ ELEMENT_HEADER = 8
 RAW_FIRST_GROUPS = frozenset({0x0002, 0x0008})
 """A data set without preamble starts with the File Meta group or the identifying group."""
 COPY_CHUNK = 1024 * 1024
+ZIP_LOCAL_HEADER = b"PK\x03\x04"
 SOURCE_LABEL = "media-import"
 """What the index records as the source of imported instances (never a file name)."""
 
@@ -198,6 +199,9 @@ def _discover_file(found: Discovery, path: Path, name: str) -> None:
         is_zip = head[PREAMBLE:] != b"DICM" and zipfile.is_zipfile(path)
     except OSError as exc:
         found.rejected.append(Problem(name, f"cannot read file: {exc.strerror}"))
+        return
+    if not is_zip and head.startswith(ZIP_LOCAL_HEADER):
+        found.rejected.append(Problem(name, "ZIP file cannot be read: damaged or truncated"))
         return
     if is_zip:
         _discover_zip(found, path, name)
