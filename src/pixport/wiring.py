@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
-from pixport.archive.node import Archive
+from typing import TYPE_CHECKING
+
 from pixport.config import Settings
 from pixport.errors import ConfigurationError
 from pixport.storage.base import BlobStore, IndexStore
+
+if TYPE_CHECKING:
+    from pixport.archive.node import Archive
 
 
 def build_index(settings: Settings) -> IndexStore:
@@ -43,4 +47,6 @@ def build_blobs(settings: Settings) -> BlobStore:
 
 def build_archive(settings: Settings) -> Archive:
     """An archive on the configured backends."""
+    from pixport.archive.node import Archive  # noqa: PLC0415  keeps light processes light
+
     return Archive.assemble(settings, build_index(settings), build_blobs(settings))

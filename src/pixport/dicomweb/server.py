@@ -9,8 +9,6 @@ import structlog
 import uvicorn
 
 from pixport.config import Settings
-from pixport.dicomweb.app import AccessLog, create_app
-from pixport.wiring import build_archive
 
 
 def configure_logging(level: str) -> None:
@@ -22,13 +20,13 @@ def configure_logging(level: str) -> None:
 def run(settings: Settings) -> None:
     """Serve until interrupted.
 
-    The archive is opened once here first, so the index schema exists before any worker starts.
-    Several workers (``http.workers``) are separate processes: CPU-bound parsing then uses
-    every core.  They rebuild their settings from the same environment and config file.
+    Several workers (``http.workers``, default one per core) are separate processes sharing
+    the port, so CPU-bound parsing uses every core; each builds its archive from the same
+    environment and config file.  The supervising process stays light: it creates the index
+    schema (so workers never race to) and loads nothing else, no pydicom, no numpy.
     """
     configure_logging(settings.log_level)
     workers = settings.http.workers or os.cpu_count() or 1
-    archive = build_archive(settings)
     common = {
         "host": settings.http.host,
         "port": settings.http.port,
@@ -39,9 +37,14 @@ def run(settings: Settings) -> None:
         "timeout_keep_alive": 30,
     }
     if workers == 1:
-        uvicorn.run(AccessLog(create_app(archive)), **common)  # type: ignore[arg-type]
+        from pixport.dicomweb.app import AccessLog, create_app  # noqa: PLC0415
+        from pixport.wiring import build_archive  # noqa: PLC0415
+
+        uvicorn.run(AccessLog(create_app(build_archive(settings))), **common)  # type: ignore[arg-type]
         return
-    archive.close()
+    from pixport.wiring import build_index  # noqa: PLC0415
+
+    build_index(settings).close()
     uvicorn.run(
         "pixport.dicomweb.app:create_app_from_environment",
         factory=True,
