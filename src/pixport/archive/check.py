@@ -19,13 +19,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from pixport.archive.limits import DEFAULT_GRACE_SECONDS
 from pixport.archive.node import Archive
 from pixport.errors import NotFound
 
 HASH_CHUNK = 1024 * 1024
 DIGEST_LENGTH = 64
 HEX = frozenset("0123456789abcdef")
-DEFAULT_GRACE_SECONDS = 3600.0
 
 ProblemKind = Literal["missing", "corrupt", "unreadable"]
 

@@ -140,11 +140,16 @@ class IngestPipeline:
                     results.append(item)
                     continue
                 try:
-                    parsed = parse_instance(item.path, self.parse_limits)
-                    if expected_study is not None and parsed.study_instance_uid != expected_study:
-                        msg = f"Study Instance UID {parsed.study_instance_uid} is not the study of the request"
-                        raise StudyMismatch(msg)
-                except InstanceRejected as exc:
+                    parsed = self._parse(item, expected_study)
+                except Exception as exc:  # noqa: BLE001  one bad object must never fail the batch
+                    rejection = (
+                        exc
+                        if isinstance(exc, InstanceRejected)
+                        else MalformedInstance(f"object cannot be parsed: {type(exc).__name__}")
+                    )
+                    if rejection is not exc:
+                        # Type only: a library message or traceback may quote patient data.
+                        log.error("ingest.parser_failed", error=type(exc).__name__)  # noqa: TRY400
                     sop_class, sop_instance = peek_uids(item.path)
                     item.path.unlink(missing_ok=True)
                     results.append(
@@ -152,8 +157,8 @@ class IngestPipeline:
                             "rejected",
                             sop_class_uid=sop_class,
                             sop_instance_uid=sop_instance,
-                            reason=exc.reason,
-                            failure_code=failure_code(exc),
+                            reason=rejection.reason,
+                            failure_code=failure_code(rejection),
                         )
                     )
                     continue
@@ -186,6 +191,13 @@ class IngestPipeline:
                 result.reason = f"SOP Instance {parsed.sop_instance_uid} is stored already with different content"
                 log.warning("ingest.conflict", sop_instance_uid=parsed.sop_instance_uid, digest=item.digest)
         return results
+
+    def _parse(self, item: StagedFile, expected_study: str | None) -> ParsedInstance:
+        parsed = parse_instance(item.path, self.parse_limits)
+        if expected_study is not None and parsed.study_instance_uid != expected_study:
+            msg = f"Study Instance UID {parsed.study_instance_uid} is not the study of the request"
+            raise StudyMismatch(msg)
+        return parsed
 
     @staticmethod
     def _new_instance(item: StagedFile, parsed: ParsedInstance, source: str) -> NewInstance:

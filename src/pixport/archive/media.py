@@ -31,13 +31,14 @@ from pathlib import Path
 import pydicom
 
 from pixport.archive.ingest import OUT_OF_RESOURCES, IngestPipeline, InstanceResult
+from pixport.archive.limits import DEFAULT_BATCH_SIZE
 from pixport.archive.staging import StagedFile, StagingFile
 from pixport.errors import LimitExceeded
 
 DICOMDIR_NAME = "DICOMDIR"
 MEDIA_STORAGE_DIRECTORY = "1.2.840.10008.1.3.10"
 """SOP Class UID of a DICOMDIR (Media Storage Directory Storage)."""
-DEFAULT_BATCH_SIZE = 50
+
 MAX_DICOMDIR_BYTES = 64 * 1024 * 1024
 MAX_ZIP_MEMBERS = 200_000
 SNIFF_DEFER_BYTES = 1024 * 1024

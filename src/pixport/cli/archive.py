@@ -10,7 +10,7 @@ import importlib
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import orjson
 import structlog
@@ -20,11 +20,14 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
-from pixport.archive.check import DEFAULT_GRACE_SECONDS, CheckReport, check_archive
-from pixport.archive.media import DEFAULT_BATCH_SIZE, ImportSummary, MediaImporter, iter_problems
+from pixport.archive.limits import DEFAULT_BATCH_SIZE, DEFAULT_GRACE_SECONDS
 from pixport.cli.common import settings_from
 from pixport.config import Settings
 from pixport.wiring import build_archive
+
+if TYPE_CHECKING:
+    from pixport.archive.check import CheckReport
+    from pixport.archive.media import ImportSummary
 
 EXIT_REJECTED = 1
 MAX_SKIPPED_SHOWN = 20
@@ -62,6 +65,9 @@ def import_media(
     _logs_to_stderr()
     settings = settings_from(ctx)
     archive = build_archive(settings)
+    # Loaded here, not at import: `pixport archive serve` keeps its supervisor free of pydicom.
+    from pixport.archive.media import MediaImporter  # noqa: PLC0415
+
     try:
         with Progress(
             TextColumn("[progress.description]{task.description}"),
@@ -88,6 +94,8 @@ def import_media(
 
 
 def _print_summary(summary: ImportSummary) -> None:
+    from pixport.archive.media import iter_problems  # noqa: PLC0415
+
     console = _stdout()
     counts = Table(title="Import summary", show_header=False)
     counts.add_column("outcome")
@@ -140,6 +148,9 @@ def check(
     _logs_to_stderr()
     settings = settings_from(ctx)
     archive = build_archive(settings)
+    # Loaded here, not at import: `pixport archive serve` keeps its supervisor free of pydicom.
+    from pixport.archive.check import check_archive  # noqa: PLC0415
+
     try:
         report = check_archive(archive, repair=repair, grace_seconds=grace)
     finally:

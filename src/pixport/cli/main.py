@@ -39,6 +39,8 @@ def _register() -> None:
 
 def main() -> None:
     """Run the command; print a one-line error and exit non-zero on failure."""
+    # Log lines go to stderr: stdout is for what a command reports (tables, --json).
+    structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stderr))
     _register()
     try:
         app()

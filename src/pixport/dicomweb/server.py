@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 
 import structlog
 import uvicorn
@@ -14,7 +15,10 @@ from pixport.config import Settings
 def configure_logging(level: str) -> None:
     """Key/value log lines on stderr."""
     logging.basicConfig(level=level.upper(), format="%(message)s")
-    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(getattr(logging, level.upper())))
+    structlog.configure(
+        wrapper_class=structlog.make_filtering_bound_logger(getattr(logging, level.upper())),
+        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+    )
 
 
 def run(settings: Settings) -> None:

@@ -91,6 +91,9 @@ class FilesystemBlobStore:
             for temp, digest in files:
                 final = self.path_of(digest)
                 if final.exists():
+                    # Same content again: refresh its age so that a sweep of old orphans does
+                    # not take it between now and the index commit that will reference it.
+                    os.utime(final)
                     temp.unlink(missing_ok=True)
                 else:
                     moves.append((temp, final))
