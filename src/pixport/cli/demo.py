@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import io
 from collections import Counter
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from pixport.archive.staging import StagedFile
 from pixport.cli.common import settings_from
-from pixport.samples import sample_studies
 from pixport.wiring import build_archive
+
+if TYPE_CHECKING:
+    from pixport.archive.staging import StagedFile
 
 
 def demo(
@@ -20,6 +21,8 @@ def demo(
     load_only: Annotated[bool, typer.Option("--load-only", help="Load the samples, then exit.")] = False,  # noqa: FBT002
 ) -> None:
     """Load synthetic sample studies (Korean names, CT, MR, CR, US cine) and serve them."""
+    from pixport.samples import sample_studies  # noqa: PLC0415  numpy and pydicom only when needed
+
     settings = settings_from(ctx)
     if port is not None:
         settings.http.port = port

@@ -1,4 +1,8 @@
-"""Run the DICOMweb server with uvicorn, in one process or several sharing the port."""
+"""Run the DICOMweb server with uvicorn, in one process or several sharing the port.
+
+``python -m pixport.dicomweb.server`` runs it with settings from the environment and
+``PIXPORT_CONFIG``; ``pixport archive serve`` ends up here.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +13,7 @@ import sys
 import structlog
 import uvicorn
 
-from pixport.config import Settings
+from pixport.config import Settings, load_settings
 
 
 def configure_logging(level: str) -> None:
@@ -21,16 +25,46 @@ def configure_logging(level: str) -> None:
     )
 
 
+def worker_count(settings: Settings) -> int:
+    """``http.workers``, where 0 means one per CPU core."""
+    return settings.http.workers or os.cpu_count() or 1
+
+
 def run(settings: Settings) -> None:
     """Serve until interrupted.
 
-    Several workers (``http.workers``, default one per core) are separate processes sharing
-    the port, so CPU-bound parsing uses every core; each builds its archive from the same
-    environment and config file.  The supervising process stays light: it creates the index
-    schema (so workers never race to) and loads nothing else, no pydicom, no numpy.
+    Several workers are separate processes sharing the port, so CPU-bound parsing uses every
+    core.  They are started from a fresh ``python -m pixport.dicomweb.server`` (this process is
+    replaced, with the settings passed on in the environment): each worker then loads only the
+    server, not the command line's libraries, and the supervisor loads neither pydicom nor
+    numpy.  The supervisor creates the index schema first, so workers never race to.
     """
+    if worker_count(settings) > 1 and os.environ.get("PIXPORT_SERVER_PROCESS") != "1":
+        os.environ.update(settings_environment(settings))
+        os.environ["PIXPORT_SERVER_PROCESS"] = "1"
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.execv(sys.executable, [sys.executable, "-m", "pixport.dicomweb.server"])  # noqa: S606
+    _serve(settings)
+
+
+def settings_environment(settings: Settings) -> dict[str, str]:
+    """Environment variables that rebuild exactly these settings in another process."""
+    document = settings.model_dump(mode="json")
+    return {
+        f"PIXPORT_{name.upper()}": value if isinstance(value, str) else _json(value) for name, value in document.items()
+    }
+
+
+def _json(value: object) -> str:
+    import json  # noqa: PLC0415
+
+    return json.dumps(value)
+
+
+def _serve(settings: Settings) -> None:
     configure_logging(settings.log_level)
-    workers = settings.http.workers or os.cpu_count() or 1
+    workers = worker_count(settings)
     common = {
         "host": settings.http.host,
         "port": settings.http.port,
@@ -55,3 +89,7 @@ def run(settings: Settings) -> None:
         workers=workers,
         **common,  # type: ignore[arg-type]
     )
+
+
+if __name__ == "__main__":
+    _serve(load_settings())
