@@ -73,6 +73,15 @@ def failure_code(error: InstanceRejected) -> int:
     return CANNOT_UNDERSTAND
 
 
+@dataclass(slots=True)
+class Examined:
+    """A staged object after parsing: its result so far, and what ``commit`` needs."""
+
+    result: InstanceResult
+    staged: StagedFile
+    parsed: ParsedInstance | None
+
+
 class IngestPipeline:
     """Stage, parse, store and index objects."""
 
@@ -127,69 +136,83 @@ class IngestPipeline:
         """Parse, store and index staged objects; entries that are results already pass through.
 
         With ``expected_study`` (STOW-RS to /studies/{study}), objects of another study are
-        refused.
-
-        Raises ``StorageUnavailable`` (``OutOfResources``) if the batch could not be made
-        durable: then nothing of it was indexed, and its temporary files are gone.
+        refused.  Raises ``StorageUnavailable`` (``OutOfResources``) if the batch could not be
+        made durable: then nothing of it was indexed, and its temporary files are gone.
         """
-        results: list[InstanceResult] = []
-        accepted: list[tuple[int, StagedFile, ParsedInstance]] = []
+        examined: list[Examined | InstanceResult] = []
         try:
             for item in staged:
-                if isinstance(item, InstanceResult):
-                    results.append(item)
-                    continue
-                try:
-                    parsed = self._parse(item, expected_study)
-                except Exception as exc:  # noqa: BLE001  one bad object must never fail the batch
-                    rejection = (
-                        exc
-                        if isinstance(exc, InstanceRejected)
-                        else MalformedInstance(f"object cannot be parsed: {type(exc).__name__}")
-                    )
-                    if rejection is not exc:
-                        # Type only: a library message or traceback may quote patient data.
-                        log.error("ingest.parser_failed", error=type(exc).__name__)  # noqa: TRY400
-                    sop_class, sop_instance = peek_uids(item.path)
-                    item.path.unlink(missing_ok=True)
-                    results.append(
-                        InstanceResult(
-                            "rejected",
-                            sop_class_uid=sop_class,
-                            sop_instance_uid=sop_instance,
-                            reason=rejection.reason,
-                            failure_code=failure_code(rejection),
-                        )
-                    )
-                    continue
-                results.append(
-                    InstanceResult(
-                        "stored",
-                        sop_class_uid=parsed.sop_class_uid,
-                        sop_instance_uid=parsed.sop_instance_uid,
-                        study_instance_uid=parsed.study_instance_uid,
-                        series_instance_uid=parsed.series_instance_uid,
-                        warnings=parsed.warnings,
-                    )
+                examined.append(  # noqa: PERF401  a loop, to know what to clean up if it fails
+                    item if isinstance(item, InstanceResult) else self.examine(item, expected_study)
                 )
-                accepted.append((len(results) - 1, item, parsed))
-            if not accepted:
-                return results
-            self.blobs.put_files([(item.path, item.digest) for _, item, _ in accepted])
         except BaseException:
-            self.discard([item for _, item, _ in accepted])
+            self.discard([e.staged for e in examined if isinstance(e, Examined)])
+            self.discard([item for item in staged[len(examined) :] if isinstance(item, StagedFile)])
             raise
-        batch = [self._new_instance(item, parsed, source) for _, item, parsed in accepted]
+        return self.commit(examined, source)
+
+    def examine(self, item: StagedFile, expected_study: str | None = None) -> Examined:
+        """Parse one staged object (the CPU-bound part; callers may run it as objects arrive).
+
+        A refused object's temporary file is deleted here; an accepted one waits for ``commit``.
+        """
+        try:
+            parsed = self._parse(item, expected_study)
+        except Exception as exc:  # noqa: BLE001  one bad object must never fail the batch
+            rejection = (
+                exc
+                if isinstance(exc, InstanceRejected)
+                else MalformedInstance(f"object cannot be parsed: {type(exc).__name__}")
+            )
+            if rejection is not exc:
+                # Type only: a library message or traceback may quote patient data.
+                log.error("ingest.parser_failed", error=type(exc).__name__)  # noqa: TRY400
+            sop_class, sop_instance = peek_uids(item.path)
+            item.path.unlink(missing_ok=True)
+            result = InstanceResult(
+                "rejected",
+                sop_class_uid=sop_class,
+                sop_instance_uid=sop_instance,
+                reason=rejection.reason,
+                failure_code=failure_code(rejection),
+            )
+            return Examined(result, item, None)
+        result = InstanceResult(
+            "stored",
+            sop_class_uid=parsed.sop_class_uid,
+            sop_instance_uid=parsed.sop_instance_uid,
+            study_instance_uid=parsed.study_instance_uid,
+            series_instance_uid=parsed.series_instance_uid,
+            warnings=parsed.warnings,
+        )
+        return Examined(result, item, parsed)
+
+    def commit(self, examined: Sequence[Examined | InstanceResult], source: str = "") -> list[InstanceResult]:
+        """Make the accepted objects durable and index them in one transaction; report each.
+
+        Raises ``StorageUnavailable`` (``OutOfResources``) if the blobs could not be made
+        durable: then nothing was indexed, and the temporary files are gone.
+        """
+        results = [e.result if isinstance(e, Examined) else e for e in examined]
+        accepted = [(i, e) for i, e in enumerate(examined) if isinstance(e, Examined) and e.parsed is not None]
+        if not accepted:
+            return results
+        try:
+            self.blobs.put_files([(e.staged.path, e.staged.digest) for _, e in accepted])
+        except BaseException:
+            self.discard([e.staged for _, e in accepted])
+            raise
+        batch = [self._new_instance(e.staged, e.parsed, source) for _, e in accepted if e.parsed is not None]
         outcomes = self.index.store_instances(batch)
-        for (position, item, parsed), outcome in zip(accepted, outcomes, strict=True):
+        for (position, e), outcome in zip(accepted, outcomes, strict=True):
             result = results[position]
             if outcome is Outcome.DUPLICATE:
                 result.status = "duplicate"
             elif outcome is Outcome.CONFLICT:
                 result.status = "conflict"
                 result.failure_code = DUPLICATE_CONFLICT
-                result.reason = f"SOP Instance {parsed.sop_instance_uid} is stored already with different content"
-                log.warning("ingest.conflict", sop_instance_uid=parsed.sop_instance_uid, digest=item.digest)
+                result.reason = f"SOP Instance {result.sop_instance_uid} is stored already with different content"
+                log.warning("ingest.conflict", sop_instance_uid=result.sop_instance_uid, digest=e.staged.digest)
         return results
 
     def _parse(self, item: StagedFile, expected_study: str | None) -> ParsedInstance:

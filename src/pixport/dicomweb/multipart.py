@@ -82,6 +82,7 @@ class StowReceiver:
         self._header_value = b""
         self._headers: dict[str, str] = {}
         self.parts = 0
+        self._handed_over = 0
         self._parser = MultipartParser(
             boundary.encode("latin-1"),
             callbacks={
@@ -98,6 +99,12 @@ class StowReceiver:
     def write(self, chunk: bytes) -> None:
         """Feed the next chunk of the body."""
         self._parser.write(chunk)
+
+    def take_new(self) -> list[tuple[int, StagedFile | InstanceResult]]:
+        """Items completed since the last call, with their positions, to start work on early."""
+        new = list(enumerate(self.items))[self._handed_over :]
+        self._handed_over = len(self.items)
+        return new
 
     def finish(self) -> None:
         """The body has ended; a part still open means it was cut short."""

@@ -1,14 +1,22 @@
-"""STOW-RS (PS3.18 10.5): store instances from a multipart/related body."""
+"""STOW-RS (PS3.18 10.5): store instances from a multipart/related body.
+
+Each part is parsed as soon as it has arrived, in a worker thread, while the next parts are
+still being received; the batch is committed (durable blobs, one index transaction) when the
+body has ended, and only then is success reported.
+"""
 
 from __future__ import annotations
+
+import asyncio
 
 from python_multipart.exceptions import MultipartParseError
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
-from pixport.archive.ingest import InstanceResult
+from pixport.archive.ingest import Examined, InstanceResult
 from pixport.archive.node import Archive
+from pixport.archive.staging import StagedFile
 from pixport.dicomweb.multipart import DICOM, StowReceiver, parse_media_type
 from pixport.dicomweb.responses import base_url, dumps, json_response, problem
 from pixport.errors import OutOfResources
@@ -33,35 +41,67 @@ async def store_instances(request: Request) -> Response:
     if declared is not None and declared.isdigit() and int(declared) > limit:
         return problem(413, f"request is larger than {limit} bytes")
     receiver = StowReceiver(boundary, archive.ingest.new_staging_file)
+    examining: dict[int, asyncio.Future[Examined]] = {}
+    try:
+        failure = await _receive(request, receiver, examining, study_uid, limit)
+    except BaseException:
+        await _abandon(receiver, examining)
+        raise
+    if failure is None and receiver.parts == 0:
+        failure = problem(400, "no parts in the request body")
+    if failure is not None:
+        await _abandon(receiver, examining)
+        return failure
+    examined: list[Examined | InstanceResult] = []
+    for position, item in enumerate(receiver.items):
+        examined.append(await examining[position] if position in examining else item)  # type: ignore[arg-type]
+    source = f"stow:{request.client.host if request.client else 'unknown'}"
+    try:
+        results = await run_in_threadpool(archive.ingest.commit, examined, source)
+    except OutOfResources as exc:
+        return problem(507, f"{exc}; nothing from this request was stored")
+    return _response(request, results, study_uid)
+
+
+async def _receive(
+    request: Request,
+    receiver: StowReceiver,
+    examining: dict[int, asyncio.Future[Examined]],
+    study_uid: str | None,
+    limit: int,
+) -> Response | None:
+    """Stream the body into staging files, starting each part's parse as it completes."""
+    archive: Archive = request.app.state.archive
+
+    def start_examining() -> None:
+        for position, item in receiver.take_new():
+            if isinstance(item, StagedFile):
+                examining[position] = asyncio.ensure_future(run_in_threadpool(archive.ingest.examine, item, study_uid))
+
     received = 0
     try:
         async for chunk in request.stream():
             received += len(chunk)
             if received > limit:
-                receiver.abort()
                 return problem(413, f"request is larger than {limit} bytes")
             receiver.write(chunk)
+            start_examining()
         receiver.finish()
+        start_examining()
     except ClientDisconnect:
-        receiver.abort()
         return problem(400, "client went away before the body ended")
     except MultipartParseError:
-        receiver.abort()
         return problem(400, "body is not valid multipart/related")
     except OutOfResources as exc:
-        receiver.abort()
         return problem(507, str(exc))
-    except BaseException:
-        receiver.abort()
-        raise
-    if receiver.parts == 0:
-        return problem(400, "no parts in the request body")
-    source = f"stow:{request.client.host if request.client else 'unknown'}"
-    try:
-        results = await run_in_threadpool(archive.ingest.ingest_staged, receiver.items, source, study_uid)
-    except OutOfResources as exc:
-        return problem(507, f"{exc}; nothing from this request was stored")
-    return _response(request, results, study_uid)
+    return None
+
+
+async def _abandon(receiver: StowReceiver, examining: dict[int, asyncio.Future[Examined]]) -> None:
+    """Wait for parses in flight, then delete every staged file of the request."""
+    if examining:
+        await asyncio.gather(*examining.values(), return_exceptions=True)
+    receiver.abort()
 
 
 def _response(request: Request, results: list[InstanceResult], study_uid: str | None) -> Response:
