@@ -8,6 +8,8 @@ body has ended, and only then is success reported.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from queue import SimpleQueue
 
 from python_multipart.exceptions import MultipartParseError
 from starlette.concurrency import run_in_threadpool
@@ -41,20 +43,21 @@ async def store_instances(request: Request) -> Response:
     if declared is not None and declared.isdigit() and int(declared) > limit:
         return problem(413, f"request is larger than {limit} bytes")
     receiver = StowReceiver(boundary, archive.ingest.new_staging_file)
-    examining: dict[int, asyncio.Future[Examined]] = {}
+    examiner = Examiner(archive, study_uid)
     try:
-        failure = await _receive(request, receiver, examining, study_uid, limit)
+        failure = await _receive(request, receiver, examiner, limit)
     except BaseException:
-        await _abandon(receiver, examining)
+        await _abandon(receiver, examiner)
         raise
     if failure is None and receiver.parts == 0:
         failure = problem(400, "no parts in the request body")
     if failure is not None:
-        await _abandon(receiver, examining)
+        await _abandon(receiver, examiner)
         return failure
-    examined: list[Examined | InstanceResult] = []
-    for position, item in enumerate(receiver.items):
-        examined.append(await examining[position] if position in examining else item)  # type: ignore[arg-type]
+    done = await examiner.finish()
+    examined = [
+        item if isinstance(item, InstanceResult) else done[position] for position, item in enumerate(receiver.items)
+    ]
     source = f"stow:{request.client.host if request.client else 'unknown'}"
     try:
         results = await run_in_threadpool(archive.ingest.commit, examined, source)
@@ -63,20 +66,46 @@ async def store_instances(request: Request) -> Response:
     return _response(request, results, study_uid)
 
 
-async def _receive(
-    request: Request,
-    receiver: StowReceiver,
-    examining: dict[int, asyncio.Future[Examined]],
-    study_uid: str | None,
-    limit: int,
-) -> Response | None:
-    """Stream the body into staging files, starting each part's parse as it completes."""
-    archive: Archive = request.app.state.archive
+class Examiner:
+    """One worker thread per request that parses parts in arrival order while the body streams.
+
+    One thread, not one task per part: handing each small part to the pool cost more than
+    parsing it.
+    """
+
+    def __init__(self, archive: Archive, study_uid: str | None) -> None:
+        self.archive = archive
+        self.study_uid = study_uid
+        self.queue: SimpleQueue[tuple[int, StagedFile] | None] = SimpleQueue()
+        self.done: dict[int, Examined] = {}
+        self.task: asyncio.Future[None] | None = None
+
+    def submit(self, position: int, item: StagedFile) -> None:
+        """Queue a part; start the thread on the first one."""
+        if self.task is None:
+            self.task = asyncio.ensure_future(run_in_threadpool(self._run))
+        self.queue.put((position, item))
+
+    def _run(self) -> None:
+        while (work := self.queue.get()) is not None:
+            position, item = work
+            self.done[position] = self.archive.ingest.examine(item, self.study_uid)
+
+    async def finish(self) -> dict[int, Examined]:
+        """Wait until every queued part is parsed."""
+        if self.task is not None:
+            self.queue.put(None)
+            await self.task
+        return self.done
+
+
+async def _receive(request: Request, receiver: StowReceiver, examiner: Examiner, limit: int) -> Response | None:
+    """Stream the body into staging files, queueing each part for parsing as it completes."""
 
     def start_examining() -> None:
         for position, item in receiver.take_new():
             if isinstance(item, StagedFile):
-                examining[position] = asyncio.ensure_future(run_in_threadpool(archive.ingest.examine, item, study_uid))
+                examiner.submit(position, item)
 
     received = 0
     try:
@@ -97,10 +126,10 @@ async def _receive(
     return None
 
 
-async def _abandon(receiver: StowReceiver, examining: dict[int, asyncio.Future[Examined]]) -> None:
+async def _abandon(receiver: StowReceiver, examiner: Examiner) -> None:
     """Wait for parses in flight, then delete every staged file of the request."""
-    if examining:
-        await asyncio.gather(*examining.values(), return_exceptions=True)
+    with contextlib.suppress(Exception):
+        await examiner.finish()
     receiver.abort()
 
 
