@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -472,3 +473,26 @@ def test_qido_includefield_beyond_the_indexed_attributes(loaded: Node) -> None:
     assert "7FE00010" not in everything[0]
     plain = qido(loaded, "/studies", StudyInstanceUID=study)
     assert "00080070" not in plain[0]
+
+
+def test_retrieved_and_transcoded_instances_pass_dcmtk(loaded: Node, tmp_path: Path) -> None:
+    """DCMTK, an independent implementation, reads what we serve: as stored and transcoded."""
+    for path in (JPEG_LOSSLESS, MULTIFRAME_RLE, KOREAN_ISO2022):
+        study, series, sop = uids(path)
+        url = f"{loaded.dicomweb}/studies/{study}/series/{series}/instances/{sop}"
+        for syntax in ("*", "1.2.840.10008.1.2.1"):
+            accept = f'multipart/related; type="application/dicom"; transfer-syntax={syntax}'
+            response = httpx.get(url, headers={"Accept": accept})
+            assert response.status_code == 200
+            target = tmp_path / f"{sop}-{syntax.replace('*', 'orig')}.dcm"
+            target.write_bytes(split_multipart(response)[0][1])
+            assert subprocess.run(
+                ["dcmftest", str(target)], capture_output=True, text=True, check=False
+            ).stdout.startswith("yes")
+            dump = subprocess.run(
+                ["dcmdump", "-q", "+E", str(target)], capture_output=True, encoding="latin-1", check=False
+            )
+            assert dump.returncode == 0, dump.stderr
+            assert sop in dump.stdout
+            if syntax != "*":
+                assert "=LittleEndianExplicit" in dump.stdout
