@@ -8,6 +8,7 @@ reading its pixels into memory.
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -18,6 +19,7 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.tag import Tag
 
+from pixport.dicom.fastparse import FastPathUnsupported, read_header
 from pixport.dicom.metadata import build_metadata
 from pixport.errors import LimitExceeded, MalformedInstance, MissingAttribute
 
@@ -68,7 +70,47 @@ class ParsedInstance:
 
 
 def parse_instance(path: Path, limits: ParseLimits) -> ParsedInstance:
-    """Parse and validate the object at ``path``; raise an ``InstanceRejected`` subclass."""
+    """Parse and validate the object at ``path``; raise an ``InstanceRejected`` subclass.
+
+    The fast path (``fastparse``) handles the common cases; anything it does not reproduce
+    exactly is parsed with pydicom, which is the reference.
+    """
+    try:
+        return _parse_fast(path, limits)
+    except FastPathUnsupported:
+        return parse_instance_pydicom(path, limits)
+
+
+def _parse_fast(path: Path, limits: ParseLimits) -> ParsedInstance:
+    header = read_header(path, limits)
+    warnings: list[str] = []
+    uids = _checked_uids(header.identifying.__getitem__, warnings)
+    _check_meta_values(
+        {
+            "MediaStorageSOPClassUID": header.media_storage_sop_class_uid,
+            "MediaStorageSOPInstanceUID": header.media_storage_sop_instance_uid,
+        },
+        uids,
+        warnings,
+    )
+    metadata = header.metadata(uids)
+    attributes = extract_attributes(metadata, header.transfer_syntax_uid, warnings)
+    if header.pixel_data_vr is not None and attributes["number_of_frames"] is None:
+        attributes["number_of_frames"] = 1
+    return ParsedInstance(
+        sop_class_uid=uids[0],
+        sop_instance_uid=uids[1],
+        series_instance_uid=uids[2],
+        study_instance_uid=uids[3],
+        transfer_syntax_uid=header.transfer_syntax_uid,
+        attributes=attributes,
+        metadata=metadata,
+        warnings=warnings,
+    )
+
+
+def parse_instance_pydicom(path: Path, limits: ParseLimits) -> ParsedInstance:
+    """``parse_instance`` with pydicom only: the reference the fast path is checked against."""
     size = path.stat().st_size
     warnings: list[str] = []
     with path.open("rb") as fp:
@@ -159,13 +201,20 @@ def _transfer_syntax(dataset: Dataset, warnings: list[str]) -> str:
 
 
 def _identifying_uids(dataset: Dataset, warnings: list[str]) -> tuple[str, str, str, str]:
-    values = []
-    for keyword in ("SOPClassUID", "SOPInstanceUID", "SeriesInstanceUID", "StudyInstanceUID"):
+    def get(keyword: str) -> str:
         try:
-            value = str(dataset.get(keyword, "") or "").strip().rstrip("\x00")
+            return str(dataset.get(keyword, "") or "")
         except (ValueError, TypeError) as exc:
             msg = f"{keyword} cannot be read"
             raise MalformedInstance(msg) from exc
+
+    return _checked_uids(get, warnings)
+
+
+def _checked_uids(get: Callable[[str], str], warnings: list[str]) -> tuple[str, str, str, str]:
+    values = []
+    for keyword in ("SOPClassUID", "SOPInstanceUID", "SeriesInstanceUID", "StudyInstanceUID"):
+        value = get(keyword).strip().rstrip("\x00")
         if not value:
             msg = f"{keyword} is missing or empty"
             raise MissingAttribute(msg)
@@ -182,8 +231,15 @@ def _check_meta(dataset: Dataset, uids: tuple[str, str, str, str], warnings: lis
     meta = dataset.file_meta
     if not meta:
         return
-    for keyword, expected in (("MediaStorageSOPClassUID", uids[0]), ("MediaStorageSOPInstanceUID", uids[1])):
-        value = str(meta.get(keyword, "") or "").strip().rstrip("\x00")
+    _check_meta_values({keyword: str(meta.get(keyword, "") or "") for keyword in META_UIDS}, uids, warnings)
+
+
+META_UIDS = ("MediaStorageSOPClassUID", "MediaStorageSOPInstanceUID")
+
+
+def _check_meta_values(meta: dict[str, str], uids: tuple[str, str, str, str], warnings: list[str]) -> None:
+    for keyword, expected in zip(META_UIDS, uids[:2], strict=True):
+        value = meta[keyword].strip().rstrip("\x00")
         if not value:
             warnings.append(f"File Meta Information has no {keyword}")
         elif value != expected:
