@@ -496,3 +496,23 @@ def test_retrieved_and_transcoded_instances_pass_dcmtk(loaded: Node, tmp_path: P
             assert sop in dump.stdout
             if syntax != "*":
                 assert "=LittleEndianExplicit" in dump.stdout
+
+
+def test_bulk_data_uris_of_icon_image_and_pixel_data_are_distinct(node: Node) -> None:
+    dataset = pydicom.dcmread(CT)
+    icon = pydicom.Dataset()
+    icon.Rows, icon.Columns = 64, 64
+    icon.SamplesPerPixel, icon.BitsAllocated, icon.BitsStored, icon.HighBit = 1, 8, 8, 7
+    icon.PhotometricInterpretation, icon.PixelRepresentation = "MONOCHROME2", 0
+    icon.PixelData = bytes(range(256)) * 16
+    dataset.IconImageSequence = [icon]
+    buffer = io.BytesIO()
+    dataset.save_as(buffer, enforce_file_format=True)
+    assert stow(node, [buffer.getvalue()]).status_code == 200
+    study, series, sop = uids(CT)
+    [metadata] = httpx.get(f"{node.dicomweb}/studies/{study}/series/{series}/instances/{sop}/metadata").json()
+    icon_uri = metadata["00880200"]["Value"][0]["7FE00010"]["BulkDataURI"]
+    pixel_uri = metadata["7FE00010"]["BulkDataURI"]
+    assert icon_uri != pixel_uri
+    assert split_multipart(httpx.get(icon_uri))[0][1] == icon.PixelData
+    assert split_multipart(httpx.get(pixel_uri))[0][1] == dataset.PixelData

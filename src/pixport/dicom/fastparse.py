@@ -46,6 +46,7 @@ class FastPathUnsupported(Exception):
 IMPLICIT_LE = "1.2.840.10008.1.2"
 EXPLICIT_LE = "1.2.840.10008.1.2.1"
 UNSUPPORTED_TS = frozenset({"1.2.840.10008.1.2.2", "1.2.840.10008.1.2.1.99"})  # big endian, deflated
+PIXEL_DATA = 0x7FE00010
 PIXEL_DATA_TAGS = frozenset({0x7FE00010, 0x7FE00008, 0x7FE00009})
 ITEM = 0xFFFEE000
 ITEM_DELIMITER = 0xFFFEE00D
@@ -108,13 +109,15 @@ class FastHeader:
 
     def metadata(self, uids: tuple[str, str, str, str]) -> dict[str, Any]:
         """The DICOM JSON, with BulkDataURIs for ``uids`` (as ``build_metadata`` makes it)."""
+        nested_pixel_data = 0  # icon images: numbered before the top-level Pixel Data
         for entry, tag, occurrence in self.bulk:
             entry["BulkDataURI"] = BASE_MARKER + bulk_data_path(uids, tag, occurrence)
+            nested_pixel_data += tag == PIXEL_DATA
         self.bulk = []
         if self.pixel_data_vr is not None:
             self.json["7FE00010"] = {
                 "vr": self.pixel_data_vr if self.pixel_data_vr in {"OB", "OW"} else "OW",
-                "BulkDataURI": BASE_MARKER + bulk_data_path(uids, 0x7FE00010, 0),
+                "BulkDataURI": BASE_MARKER + bulk_data_path(uids, PIXEL_DATA, nested_pixel_data),
             }
         return self.json
 

@@ -49,7 +49,8 @@ def build_metadata(
     if pixel_data_vr is not None:
         metadata[PIXEL_DATA_KEY] = {
             "vr": pixel_data_vr if pixel_data_vr in {"OB", "OW"} else "OW",
-            "BulkDataURI": BASE_MARKER + bulk_data_path(uids, 0x7FE00010, 0),
+            # After any nested (icon image) Pixel Data, in the order a depth-first walk meets them.
+            "BulkDataURI": BASE_MARKER + bulk_data_path(uids, 0x7FE00010, seen[0x7FE00010]),
         }
     return metadata
 

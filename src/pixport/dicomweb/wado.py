@@ -241,17 +241,23 @@ async def retrieve_bulkdata(request: Request) -> Response:
 
 
 def _bulk_value(archive: Archive, found: StoredInstance, tag: int, occurrence: int, threshold: int) -> bytes:
-    """The value that ``build_metadata`` numbered (tag, occurrence): only values over the threshold count."""
+    """The value that ``build_metadata`` numbered (tag, occurrence).
+
+    Values count in depth-first order when they went out as BulkDataURIs: binary values over
+    the threshold, and the top-level Pixel Data always.
+    """
     import pydicom  # noqa: PLC0415
 
     with archive.blobs.open(found.digest) as stream:
         dataset = pydicom.dcmread(stream, force=True)
-    if tag == PIXEL_DATA and occurrence == 0 and PIXEL_DATA in dataset:
-        return bytes(dataset[PIXEL_DATA].value)
+    top_level_pixels = dataset.get(PIXEL_DATA)
+    bulk_size = (threshold // 4) * 3  # pydicom compares the raw length with 3/4 of the base64 threshold
     seen = 0
     for element in _walk(dataset):
         value = element.value  # type: ignore[attr-defined]
-        if element.tag == tag and isinstance(value, bytes | bytearray) and len(value) > threshold:  # type: ignore[attr-defined]
+        if not isinstance(value, bytes | bytearray) or element.tag != tag:  # type: ignore[attr-defined]
+            continue
+        if len(value) > bulk_size or element is top_level_pixels:
             if seen == occurrence:
                 return bytes(value)
             seen += 1
