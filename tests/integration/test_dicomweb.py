@@ -7,6 +7,7 @@ import io
 import subprocess
 import threading
 import time
+import unicodedata
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -516,3 +517,29 @@ def test_bulk_data_uris_of_icon_image_and_pixel_data_are_distinct(node: Node) ->
     assert icon_uri != pixel_uri
     assert split_multipart(httpx.get(icon_uri))[0][1] == icon.PixelData
     assert split_multipart(httpx.get(pixel_uri))[0][1] == dataset.PixelData
+
+
+# chrSQEncoding is a bare data set (no SOP UIDs, no name): the contract tests cover its refusal.
+NAMED_CHARSET_FILES = sorted(p for p in (CORPUS / "charset").glob("chr*.dcm") if p.name != "chrSQEncoding_utf8.dcm")
+
+
+@pytest.mark.parametrize("path", NAMED_CHARSET_FILES, ids=lambda p: p.name)
+def test_every_character_set_is_decoded_and_searchable(node: Node, path: Path) -> None:
+    dataset = pydicom.dcmread(path, stop_before_pixels=True)
+    dataset.decode()
+    expected = [str(group) for group in dataset.PatientName.components]
+    assert stow(node, [path]).status_code == 200
+    study = uids(path)[0]
+    [found] = qido(node, "/studies", StudyInstanceUID=study)
+    name = found["00100010"]["Value"][0]
+    assert [name.get(group, "") for group in ("Alphabetic", "Ideographic", "Phonetic")][: len(expected)] == expected
+    # Searchable by the start of the first non-empty group, in any case.
+    group = next(g for g in expected if g)
+    query = group.split("^")[0][:2].lower() + "*"
+    assert study in {s["0020000D"]["Value"][0] for s in qido(node, "/studies", PatientName=query)}
+
+
+def test_names_match_whatever_the_unicode_normalization(loaded: Node) -> None:
+    decomposed = unicodedata.normalize("NFD", "홍^길동")
+    assert decomposed != "홍^길동"
+    assert qido(loaded, "/studies", PatientName=decomposed)
