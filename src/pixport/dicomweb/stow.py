@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 from queue import SimpleQueue
 
-from python_multipart.exceptions import MultipartParseError
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
@@ -19,7 +18,7 @@ from starlette.responses import Response
 from pixport.archive.ingest import Examined, InstanceResult
 from pixport.archive.node import Archive
 from pixport.archive.staging import StagedFile
-from pixport.dicomweb.multipart import DICOM, StowReceiver, parse_media_type
+from pixport.dicomweb.multipart import DICOM, MultipartError, StowReceiver, parse_media_type
 from pixport.dicomweb.responses import base_url, dumps, json_response, problem
 from pixport.errors import OutOfResources
 
@@ -119,7 +118,7 @@ async def _receive(request: Request, receiver: StowReceiver, examiner: Examiner,
         start_examining()
     except ClientDisconnect:
         return problem(400, "client went away before the body ended")
-    except MultipartParseError:
+    except MultipartError:
         return problem(400, "body is not valid multipart/related")
     except OutOfResources as exc:
         return problem(507, str(exc))
