@@ -93,20 +93,7 @@ def _parse_fast(path: Path, limits: ParseLimits) -> ParsedInstance:
         uids,
         warnings,
     )
-    metadata = header.metadata(uids)
-    attributes = extract_attributes(metadata, header.transfer_syntax_uid, warnings)
-    if header.pixel_data_vr is not None and attributes["number_of_frames"] is None:
-        attributes["number_of_frames"] = 1
-    return ParsedInstance(
-        sop_class_uid=uids[0],
-        sop_instance_uid=uids[1],
-        series_instance_uid=uids[2],
-        study_instance_uid=uids[3],
-        transfer_syntax_uid=header.transfer_syntax_uid,
-        attributes=attributes,
-        metadata=metadata,
-        warnings=warnings,
-    )
+    return _parsed(uids, header.transfer_syntax_uid, header.metadata(uids), header.pixel_data_vr is not None, warnings)
 
 
 def parse_instance_pydicom(path: Path, limits: ParseLimits) -> ParsedInstance:
@@ -133,8 +120,18 @@ def parse_instance_pydicom(path: Path, limits: ParseLimits) -> ParsedInstance:
     except (ValueError, TypeError, OverflowError, LookupError) as exc:
         msg = f"attributes cannot be represented as DICOM JSON: {type(exc).__name__}"
         raise MalformedInstance(msg) from exc
+    return _parsed(uids, ts_uid, metadata, extent is not None, warnings)
+
+
+def _parsed(
+    uids: tuple[str, str, str, str],
+    ts_uid: str,
+    metadata: dict[str, Any],
+    has_pixel_data: bool,  # noqa: FBT001
+    warnings: list[str],
+) -> ParsedInstance:
     attributes = extract_attributes(metadata, ts_uid, warnings)
-    if extent is not None and attributes["number_of_frames"] is None:
+    if has_pixel_data and attributes["number_of_frames"] is None:
         attributes["number_of_frames"] = 1
     return ParsedInstance(
         sop_class_uid=uids[0],
