@@ -128,6 +128,12 @@ def test_same_uid_other_bytes_is_a_conflict_and_exits_1(tmp_path: Path) -> None:
     assert "1.3.6.1.4.1.5962.1.1.4.1.1.20040826185059.5457" in summary["conflicts"][0]["reason"]
     done = pixport(data, "archive", "import", CORPUS / "transfer-syntax" / "rle_MR_small_RLE.dcm")
     assert "0 rejected, 1 conflicted" in done.stdout
+    listed = pixport(data, "archive", "conflicts", "--json")
+    assert listed.returncode == 0
+    conflicts = json.loads(listed.stdout)
+    assert [c["sop_instance_uid"] for c in conflicts] == ["1.3.6.1.4.1.5962.1.1.4.1.1.20040826185059.5457"] * 2
+    assert conflicts[0]["stored_digest"] != conflicts[0]["offered_digest"]
+    assert "Conflicts: 2" in pixport(data, "archive", "conflicts").stdout
 
 
 def test_import_zip_streams_members_and_never_uses_their_names(tmp_path: Path) -> None:

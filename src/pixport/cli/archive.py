@@ -192,6 +192,39 @@ def _print_report(report: CheckReport) -> None:
         console.print("Run with --repair to sweep the orphan blobs and stale staging files.")
 
 
+@archive_app.command("conflicts")
+def conflicts(
+    ctx: typer.Context,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the list as JSON.")] = False,  # noqa: FBT002
+) -> None:
+    """List refused instances whose SOP Instance UID is stored already with other content."""
+    _logs_to_stderr()
+    archive = build_archive(settings_from(ctx))
+    try:
+        found = archive.index.list_conflicts()
+    finally:
+        archive.close()
+    if as_json:
+        rows = [
+            {
+                "sop_instance_uid": c.sop_instance_uid,
+                "stored_digest": c.stored_digest,
+                "offered_digest": c.offered_digest,
+                "source": c.source,
+                "received_at": c.received_at,
+            }
+            for c in found
+        ]
+        typer.echo(orjson.dumps(rows, option=orjson.OPT_INDENT_2).decode())
+        return
+    table = Table(title=f"Conflicts: {len(found)}")
+    for column in ("received at", "SOP Instance UID", "stored digest", "offered digest", "source"):
+        table.add_column(column, overflow="fold")
+    for c in found:
+        table.add_row(c.received_at, c.sop_instance_uid, c.stored_digest[:16], c.offered_digest[:16], c.source)
+    _stdout().print(table)
+
+
 @archive_app.command("serve")
 def serve(ctx: typer.Context) -> None:
     """Serve DICOMweb (STOW-RS, QIDO-RS, WADO-RS) on the configured HTTP listener."""
