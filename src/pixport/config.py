@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -24,7 +24,13 @@ MiB = 1024 * 1024
 GiB = 1024 * MiB
 
 
-class HttpSettings(BaseModel):
+class Section(BaseModel):
+    """A settings section: unknown keys are refused, so a typo is an error, not a default."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class HttpSettings(Section):
     """The HTTP (DICOMweb) listener."""
 
     host: str = "127.0.0.1"
@@ -36,14 +42,14 @@ class HttpSettings(BaseModel):
     it.  When unset, the URL of each request is used."""
 
 
-class DimseSettings(BaseModel):
+class DimseSettings(Section):
     """The DICOM (DIMSE) listener."""
 
     ae_title: str = Field(default="PIXPORT", min_length=1, max_length=16)
     port: int = Field(default=11112, ge=0, le=65535)
 
 
-class StorageSettings(BaseModel):
+class StorageSettings(Section):
     """Where instances and their index live.  ``wiring.py`` is the only reader of ``backend``."""
 
     backend: Literal["embedded", "scale"] = "embedded"
@@ -59,7 +65,7 @@ class StorageSettings(BaseModel):
     s3_secret_access_key: str | None = None
 
 
-class LimitSettings(BaseModel):
+class LimitSettings(Section):
     """Hard limits applied to every ingested object, whatever the entry point."""
 
     max_object_bytes: int = Field(default=2 * GiB, ge=1024)

@@ -543,3 +543,14 @@ def test_names_match_whatever_the_unicode_normalization(loaded: Node) -> None:
     decomposed = unicodedata.normalize("NFD", "홍^길동")
     assert decomposed != "홍^길동"
     assert qido(loaded, "/studies", PatientName=decomposed)
+
+
+def test_every_malformed_corpus_file_in_one_request_gets_an_answer_never_a_500(node: Node) -> None:
+    files = sorted((CORPUS / "malformed").glob("*.dcm"))
+    response = stow(node, files)
+    assert response.status_code in {200, 202, 409}
+    body = response.json()
+    answered = len(body.get("00081199", {}).get("Value", [])) + len(body.get("00081198", {}).get("Value", []))
+    assert answered == len(files)
+    assert list(node.archive.blobs.staging_dir.iterdir()) == []
+    assert httpx.get(node.url + "/healthz").status_code == 200

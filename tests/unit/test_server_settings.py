@@ -27,3 +27,26 @@ def test_settings_survive_the_environment(monkeypatch: pytest.MonkeyPatch, tmp_p
 def test_zero_workers_means_one_per_core() -> None:
     assert worker_count(load_settings(http={"workers": 0})) >= 1
     assert worker_count(load_settings(http={"workers": 5})) == 5
+
+
+def test_toml_file_and_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    config = tmp_path / "pixport.toml"
+    config.write_text(
+        'log_level = "debug"\n'
+        "[http]\nport = 9000\n"
+        '[storage]\ndata_dir = "/srv/pixport"\n'
+        "[limits]\nmax_sequence_depth = 8\n"
+    )
+    monkeypatch.setenv("PIXPORT_HTTP__PORT", "9001")  # the environment wins over the file
+    settings = load_settings(config)
+    assert settings.log_level == "debug"
+    assert settings.http.port == 9001
+    assert settings.storage.data_dir == Path("/srv/pixport")
+    assert settings.limits.max_sequence_depth == 8
+
+
+def test_unknown_settings_are_refused(tmp_path: Path) -> None:
+    config = tmp_path / "pixport.toml"
+    config.write_text("[http]\nprot = 9000\n")
+    with pytest.raises(ValueError, match="prot"):
+        load_settings(config)
