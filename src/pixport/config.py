@@ -9,6 +9,7 @@ documented in ``docs/configuration.md``; a test keeps the two in step.
 from __future__ import annotations
 
 import os
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Literal
 
@@ -102,14 +103,23 @@ class Settings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,  # noqa: ARG003
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
-        toml_path = os.environ.get("PIXPORT_CONFIG")
+        toml_path = _CONFIG_FILE.get() or os.environ.get("PIXPORT_CONFIG")
         if toml_path:
             sources.append(TomlConfigSettingsSource(settings_cls, toml_file=Path(toml_path)))
         return tuple(sources)
 
 
+_CONFIG_FILE: ContextVar[Path | None] = ContextVar("pixport_config_file", default=None)
+
+
 def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
-    """Build the settings; ``config_file`` takes the place of ``PIXPORT_CONFIG``."""
-    if config_file is not None:
-        os.environ["PIXPORT_CONFIG"] = str(config_file)
-    return Settings(**overrides)
+    """Build the settings; ``config_file`` takes the place of ``PIXPORT_CONFIG``.
+
+    Nothing global changes: server workers get the resulting settings through their
+    environment (``dicomweb.server.settings_environment``), not by re-reading the file.
+    """
+    token = _CONFIG_FILE.set(config_file)
+    try:
+        return Settings(**overrides)
+    finally:
+        _CONFIG_FILE.reset(token)
