@@ -43,11 +43,36 @@ class HttpSettings(Section):
     it.  When unset, the URL of each request is used."""
 
 
+class RemoteNode(Section):
+    """A DICOM node this one talks to: a PACS, a modality, another archive."""
+
+    ae_title: str = Field(min_length=1, max_length=16)
+    host: str
+    port: int = Field(ge=1, le=65535)
+    tls: bool = False
+    """Connect with TLS (DICOM PS3.15 BCP 195) when this node calls it."""
+
+
 class DimseSettings(Section):
-    """The DICOM (DIMSE) listener."""
+    """The DICOM (DIMSE) listener and the nodes it knows."""
 
     ae_title: str = Field(default="PIXPORT", min_length=1, max_length=16)
+    host: str = "127.0.0.1"
     port: int = Field(default=11112, ge=0, le=65535)
+    workers: int = Field(default=0, ge=0, le=64)
+    """Listener processes sharing the port (SO_REUSEPORT); 0 means one per CPU core."""
+    remotes: list[RemoteNode] = Field(default_factory=list)
+    """Known nodes: C-MOVE destinations, and the callers accepted when ``allow_any_caller`` is off."""
+    allow_any_caller: bool = False
+    """Accept associations from calling AE titles not in ``remotes``."""
+    tls_certificate: Path | None = None
+    """PEM certificate (chain) of this node; with ``tls_private_key``, the listener speaks TLS."""
+    tls_private_key: Path | None = None
+    tls_ca_certificates: Path | None = None
+    """PEM bundle of CAs whose certificates peers must present (mutual TLS when set)."""
+    acse_timeout: float = Field(default=30, gt=0)
+    dimse_timeout: float = Field(default=60, gt=0)
+    network_timeout: float = Field(default=60, gt=0)
 
 
 class StorageSettings(Section):
