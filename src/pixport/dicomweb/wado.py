@@ -147,7 +147,9 @@ async def _instance_bytes(archive: Archive, item: StoredInstance, syntax: str | 
     if syntax is not None and syntax != item.transfer_syntax_uid:
         yield await run_in_threadpool(_transcoded, archive, item.digest)
         return
-    with archive.blobs.open(item.digest) as stream:
+    # Opening may fetch the object (S3): off the event loop.  Reads are then local.
+    stream = await run_in_threadpool(archive.blobs.open, item.digest)
+    with stream:
         while chunk := stream.read(CHUNK):
             yield chunk
 
