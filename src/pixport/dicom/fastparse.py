@@ -32,7 +32,7 @@ from pydicom.uid import UID_dictionary  # type: ignore[attr-defined]
 from pydicom.valuerep import STR_VR_REGEXES, TEXT_VR_DELIMS
 from pydicom.values import convert_PN
 
-from pixport.dicom.metadata import BASE_MARKER, bulk_data_path
+from pixport.dicom.metadata import BASE_MARKER, PYDICOM_MODE_LOCK, bulk_data_path
 from pixport.errors import LimitExceeded, MalformedInstance
 
 if TYPE_CHECKING:
@@ -175,7 +175,7 @@ def _decode(raw: bytes, encodings: tuple[str, ...]) -> str:
     try:
         if _ESC not in raw:
             return raw.decode(encodings[0])
-        with pydicom.config.strict_reading():
+        with PYDICOM_MODE_LOCK, pydicom.config.strict_reading():
             return decode_bytes(raw, list(encodings), TEXT_VR_DELIMS)
     except (UnicodeError, LookupError, ValueError) as exc:
         raise FastPathUnsupported from exc
@@ -289,7 +289,7 @@ def _pn_json(components: list[str] | tuple[str, ...]) -> dict[str, str]:
 def _pn_values_pydicom(raw: bytes, encodings: tuple[str, ...]) -> list[dict[str, str]]:
     """PN in a character set with code extensions: pydicom's own conversion, strict mode."""
     try:
-        with pydicom.config.strict_reading():
+        with PYDICOM_MODE_LOCK, pydicom.config.strict_reading():
             value = convert_PN(raw, list(encodings))
             names = list(value) if isinstance(value, list) or hasattr(value, "append") else [value]
             if len(names) == 1 and not names[0]:

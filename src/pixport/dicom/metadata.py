@@ -7,6 +7,7 @@ stored JSON does not depend on how the node is reached.
 
 from __future__ import annotations
 
+import threading
 from collections import defaultdict
 from typing import Any
 
@@ -14,6 +15,11 @@ from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 
 BASE_MARKER = "@@PIXPORT_BASE@@/"
+
+# pydicom's reading validation mode is one global that ``strict_reading()`` swaps and restores;
+# two threads doing so at once can leave it wrong for everyone.  Every use of pydicom that
+# depends on the mode holds this lock.
+PYDICOM_MODE_LOCK = threading.RLock()
 PIXEL_DATA_KEY = "7FE00010"
 
 
@@ -41,11 +47,12 @@ def build_metadata(
         seen[element.tag] += 1
         return BASE_MARKER + bulk_data_path(uids, element.tag, occurrence)
 
-    metadata: dict[str, Any] = dataset.to_json_dict(
-        bulk_data_threshold=bulk_data_threshold,
-        bulk_data_element_handler=bulk_uri,
-        suppress_invalid_tags=True,
-    )
+    with PYDICOM_MODE_LOCK:
+        metadata: dict[str, Any] = dataset.to_json_dict(
+            bulk_data_threshold=bulk_data_threshold,
+            bulk_data_element_handler=bulk_uri,
+            suppress_invalid_tags=True,
+        )
     if pixel_data_vr is not None:
         metadata[PIXEL_DATA_KEY] = {
             "vr": pixel_data_vr if pixel_data_vr in {"OB", "OW"} else "OW",

@@ -20,7 +20,7 @@ from pydicom.errors import InvalidDicomError
 from pydicom.tag import Tag
 
 from pixport.dicom.fastparse import FastPathUnsupported, read_header
-from pixport.dicom.metadata import build_metadata
+from pixport.dicom.metadata import PYDICOM_MODE_LOCK, build_metadata
 from pixport.errors import LimitExceeded, MalformedInstance, MissingAttribute
 
 # We validate ourselves and report per object; pydicom's own validation would only warn.
@@ -78,7 +78,9 @@ def parse_instance(path: Path, limits: ParseLimits) -> ParsedInstance:
     try:
         return _parse_fast(path, limits)
     except FastPathUnsupported:
-        return parse_instance_pydicom(path, limits)
+        # Lazily converted values read the global validation mode: see PYDICOM_MODE_LOCK.
+        with PYDICOM_MODE_LOCK:
+            return parse_instance_pydicom(path, limits)
 
 
 def _parse_fast(path: Path, limits: ParseLimits) -> ParsedInstance:
