@@ -161,7 +161,8 @@ def _spawn(cmd: list[str], env: dict[str, str], workdir: Path, log_path: Path) -
         )
 
 
-def start_orthanc(tmp: Path, label: str) -> Server:
+def start_orthanc(tmp: Path, label: str, overrides: dict[str, Any] | None = None) -> Server:
+    """Orthanc in a fresh folder; ``overrides`` replaces top-level keys of the configuration."""
     workdir = Path(tempfile.mkdtemp(prefix=f"orthanc-{label}-", dir=tmp))
     http_port = free_port()
     config = {
@@ -198,6 +199,7 @@ def start_orthanc(tmp: Path, label: str) -> Server:
             "SeriesMetadata": "Full",
         },
     }
+    config.update(overrides or {})
     config_path = workdir / "orthanc.json"
     config_path.write_text(json.dumps(config, indent=2))
     env = {k: v for k, v in os.environ.items() if not k.startswith("ORTHANC")}
