@@ -9,6 +9,7 @@ PixportError
 │   ├── MissingAttribute        no Study/Series/SOP Instance UID, SOP Class UID
 │   ├── LimitExceeded           object, element or nesting over a limit
 │   └── InstanceConflict        same SOP Instance UID, different bytes
+├── PeerUnavailable             a DICOM peer is unreachable, rejected the association or aborted it
 ├── NotFound                    no such study / series / instance / frame
 └── BadQuery                    a query parameter that cannot be understood
 """
@@ -58,6 +59,10 @@ class StudyMismatch(InstanceRejected):
 
 class InstanceConflict(InstanceRejected):
     """An instance with this SOP Instance UID is stored already with different bytes."""
+
+
+class PeerUnavailable(PixportError):
+    """A DICOM peer cannot be reached, rejected the association or aborted it."""
 
 
 class NotFound(PixportError):
