@@ -32,8 +32,10 @@ def _root(
 def _register() -> None:
     from pixport.cli.archive import archive_app  # noqa: PLC0415
     from pixport.cli.demo import demo  # noqa: PLC0415
+    from pixport.cli.dimse import dimse_app  # noqa: PLC0415
 
     app.add_typer(archive_app, name="archive")
+    app.add_typer(dimse_app, name="dimse")
     app.command("demo")(demo)
 
 

@@ -465,7 +465,7 @@ def send(
 # --------------------------------------------------------------------------------------------
 
 
-def _tag_of(key: str) -> int:
+def tag_of(key: str) -> int:
     """A keyword (``PatientName``) or a tag (``00100010``, ``(0010,0010)``) as an int."""
     text = key.strip()
     hexa = re.sub(r"[(),\s]", "", text)
@@ -488,7 +488,7 @@ def build_identifier(level: Level, query_keys: Mapping[str, str]) -> Dataset:
     identifier.QueryRetrieveLevel = level
     setattr(identifier, UNIQUE_KEYS[level], "")
     for key, value in query_keys.items():
-        tag = _tag_of(key)
+        tag = tag_of(key)
         try:
             vr = datadict.dictionary_VR(tag)
         except KeyError as exc:
