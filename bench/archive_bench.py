@@ -260,9 +260,9 @@ def start(name: str, tmp: Path, label: str, args: argparse.Namespace) -> Server:
 
 
 def retire(server: Server) -> None:
-    if server in _LIVE:
-        _LIVE.remove(server)
     server.stop()
+    if server in _LIVE:  # only once it is stopped: an interrupted stop is finished by stop_all()
+        _LIVE.remove(server)
 
 
 # --------------------------------------------------------------------------------------------
@@ -664,10 +664,15 @@ def cleanup(tmp: Path) -> Iterator[None]:
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # don't interrupt the clean-up itself
-        stop_all()
-        shutil.rmtree(tmp, ignore_errors=True)
-        signal.signal(signal.SIGTERM, previous)
+        # Don't interrupt the clean-up itself (a second Ctrl-C would leave servers behind).
+        previous_int = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        try:
+            stop_all()
+            shutil.rmtree(tmp, ignore_errors=True)
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+            signal.signal(signal.SIGINT, previous_int)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -25,7 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -325,6 +325,23 @@ def store_phase(node: Node, files: list[Path], assocs: int, tmp: Path, extra: li
     return run.seconds
 
 
+STUDY_INSTANCES = re.compile(r"\(0020,1208\) IS \[\s*(\d+)\s*\]")
+
+
+def stored_check(node: Node, studies: int, instances: int, tmp: Path) -> str | None:
+    """Ask the server what it holds (C-FIND of every study); None when it holds exactly what was sent."""
+    cmd = ["findscu", "-aet", BENCH_AET, "-aec", node.aet, *DCMTK_TIMEOUTS, "-S", "-k", "QueryRetrieveLevel=STUDY"]
+    cmd += ["-k", "StudyInstanceUID", "-k", "NumberOfStudyRelatedInstances", HOST, str(node.port)]
+    out = run_clients([cmd], tmp / f"findscu-all-{node.name}", 120).outputs[0]
+    got = len(FIND_PENDING.findall(out))
+    counts = [int(x) for x in STUDY_INSTANCES.findall(out)]
+    if got != studies:
+        return f"C-FIND finds {got} studies, expected {studies}"
+    if len(counts) == got and sum(counts) != instances:
+        return f"NumberOfStudyRelatedInstances adds up to {sum(counts)}, expected {instances}"
+    return None
+
+
 @dataclass
 class StoreResult:
     assocs: int
@@ -334,6 +351,7 @@ class StoreResult:
     small_instances: int
     ct_bytes: int
     small_bytes: int
+    check: str | None = None  # what the server holds afterwards, when it is not what was sent
 
     @property
     def ct_mb_per_s(self) -> float:
@@ -516,11 +534,13 @@ def build_rows(stores: dict[int, dict[str, list[StoreResult]]], reads: dict[str,
         return f"{n} association{'s' if n > 1 else ''}"
 
     for assocs in (1, 4):
-        rows.append(
-            Row(f"C-STORE CT, {per_assoc(assocs)}", "MB/s", *pair(med(assocs, lambda x: x.ct_mb_per_s)), ">=0.7x")
-        )
+        checks = [f"{n}: {x.check}" for n, runs in stores[assocs].items() for x in runs if x.check]
+        ct = Row(f"C-STORE CT, {per_assoc(assocs)}", "MB/s", *pair(med(assocs, lambda x: x.ct_mb_per_s)), ">=0.7x")
         small = med(assocs, lambda x: x.small_instances_per_s)
-        rows.append(Row(f"C-STORE small, {per_assoc(assocs)}", "inst/s", *pair(small), ">=0.7x"))
+        small_row = Row(f"C-STORE small, {per_assoc(assocs)}", "inst/s", *pair(small), ">=0.7x")
+        for row in (ct, small_row):
+            row.note = "CHECK " + "; ".join(checks) if checks else ""
+            rows.append(row)
     for part, fn in (("CT", lambda x: x.ct_mb_per_s), ("small", lambda x: x.small_instances_per_s)):
         one, four = med(1, fn), med(4, fn)
         speedup = {n: four[n] / one[n] for n in one if one[n]}
@@ -614,10 +634,12 @@ def store_all(
                 ct_s = store_phase(node, plan.ct_files, assocs, tmp, extra)
                 small_s = store_phase(node, plan.small_files, assocs, tmp, extra)
                 res = StoreResult(assocs, ct_s, small_s, len(plan.ct_files), len(plan.small_files), *sizes)
+                res.check = stored_check(node, plan.n_studies, len(plan.ct_files) + len(plan.small_files), tmp)
                 stores[assocs][name].append(res)
                 print(
                     f" CT {ct_s:.1f} s ({res.ct_mb_per_s:.1f} MB/s, {res.ct_instances_per_s:.0f} inst/s), "
-                    f"small {small_s:.1f} s ({res.small_instances_per_s:.0f} inst/s)",
+                    f"small {small_s:.1f} s ({res.small_instances_per_s:.0f} inst/s); "
+                    f"{'CHECK ' + res.check if res.check else 'all stored'}",
                     flush=True,
                 )
                 if assocs == 4 and round_ == args.rounds - 1:
@@ -746,13 +768,13 @@ def _dcmtk_version() -> str:
 
 
 @contextlib.contextmanager
-def cleanup(tmp: Path) -> Any:
-    """archive_bench's clean-up (servers, temp folder, SIGTERM) plus any DCMTK client still running."""
-    try:
-        with ab.cleanup(tmp):
+def cleanup(tmp: Path) -> Iterator[None]:
+    """archive_bench's clean-up (servers, temp folder, signals), after any DCMTK client still running."""
+    with ab.cleanup(tmp):
+        try:
             yield
-    finally:
-        kill_clients()
+        finally:
+            kill_clients()
 
 
 def main(argv: list[str] | None = None) -> int:
