@@ -1,0 +1,137 @@
+"""Run the DICOM listener, in one process or several sharing the port (SO_REUSEPORT).
+
+pynetdicom in one process slows down as associations add threads (the GIL): ``dimse.workers``
+processes each bind the same port and the kernel spreads incoming associations across them.
+``run_listener(settings)`` is the entry point (``pixport dimse serve`` calls it);
+``python -m pixport.dimse.listener`` runs it with settings from the environment and
+``PIXPORT_CONFIG``.  With several workers this process becomes a light supervisor: it creates
+the index schema once, starts each worker as a fresh ``python -m pixport.dimse.listener``
+process with the settings in its environment, restarts a worker that dies, and stops them all
+on SIGTERM or SIGINT.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from types import FrameType
+
+import structlog
+
+from pixport.config import Settings, load_settings
+
+WORKER_FLAG = "PIXPORT_DIMSE_WORKER"
+RESTART_DELAY = 1.0
+
+
+def configure_logging(level: str) -> None:
+    """Key/value log lines on stderr."""
+    logging.basicConfig(level=level.upper(), format="%(message)s")
+    structlog.configure(
+        wrapper_class=structlog.make_filtering_bound_logger(getattr(logging, level.upper())),
+        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+    )
+
+
+def worker_count(settings: Settings) -> int:
+    """``dimse.workers``, where 0 means one per CPU core."""
+    return settings.dimse.workers or os.cpu_count() or 1
+
+
+def settings_environment(settings: Settings) -> dict[str, str]:
+    """Environment variables that rebuild exactly these settings in another process."""
+    document = settings.model_dump(mode="json")
+    return {
+        f"PIXPORT_{name.upper()}": value if isinstance(value, str) else json.dumps(value)
+        for name, value in document.items()
+    }
+
+
+def run_listener(settings: Settings) -> None:
+    """Serve DIMSE until interrupted: in this process, or in ``dimse.workers`` worker processes."""
+    configure_logging(settings.log_level)
+    workers = worker_count(settings)
+    if workers == 1 or os.environ.get(WORKER_FLAG) == "1":
+        serve(settings)
+        return
+    if settings.dimse.port == 0:
+        msg = "dimse.port 0 cannot be shared by several workers; set a port or dimse.workers = 1"
+        raise SystemExit(msg)
+    supervise(settings, workers)
+
+
+def serve(settings: Settings) -> None:
+    """One listener process: bind (sharing the port), serve until SIGTERM or SIGINT."""
+    from pixport.dimse.scp import make_server  # noqa: PLC0415  the supervisor stays light
+    from pixport.wiring import build_archive  # noqa: PLC0415
+
+    archive = build_archive(settings)
+    server = make_server(archive, settings)
+    log = structlog.get_logger(__name__)
+    log.info(
+        "dimse.listening",
+        ae_title=settings.dimse.ae_title,
+        host=settings.dimse.host,
+        port=server.server_address[1],
+        pid=os.getpid(),
+    )
+
+    def stop(signum: int, frame: FrameType | None) -> None:  # noqa: ARG001
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+        archive.close()
+        log.info("dimse.stopped", pid=os.getpid())
+
+
+def supervise(settings: Settings, workers: int) -> None:
+    """Start ``workers`` listener processes; restart any that dies; stop them all on a signal."""
+    from pixport.wiring import build_index  # noqa: PLC0415
+
+    build_index(settings).close()  # the schema, once, before workers race to create it
+    log = structlog.get_logger(__name__)
+    environment = {**os.environ, **settings_environment(settings), WORKER_FLAG: "1"}
+    environment.setdefault("MALLOC_ARENA_MAX", "2")
+    command = [sys.executable, "-m", "pixport.dimse.listener"]
+    processes = [subprocess.Popen(command, env=environment) for _ in range(workers)]  # noqa: S603
+    stopping = False
+
+    def stop(signum: int, frame: FrameType | None) -> None:  # noqa: ARG001
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    log.info("dimse.supervisor", workers=workers, port=settings.dimse.port, pid=os.getpid())
+    try:
+        while not stopping:
+            time.sleep(0.2)
+            for position, process in enumerate(processes):
+                if process.poll() is not None and not stopping:
+                    log.warning("dimse.worker_exited", pid=process.pid, returncode=process.returncode)
+                    time.sleep(RESTART_DELAY)
+                    processes[position] = subprocess.Popen(command, env=environment)  # noqa: S603
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.terminate()
+        for process in processes:
+            try:
+                process.wait(10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+
+
+if __name__ == "__main__":
+    run_listener(load_settings())

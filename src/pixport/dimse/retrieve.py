@@ -1,0 +1,196 @@
+"""C-MOVE and C-GET SCP: send stored instances as they were stored.
+
+Each sub-operation sends the stored bytes in their original transfer syntax.  If the peer did
+not accept that transfer syntax for the SOP class, a decoded Explicit VR Little Endian copy is
+sent instead; if that cannot be made either, the sub-operation fails.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterator
+from typing import Any
+
+import structlog
+from pydicom import dcmread
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pynetdicom import build_context, evt
+from pynetdicom.presentation import PresentationContext
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+
+from pixport.archive.node import Archive
+from pixport.archive.query import parse_query
+from pixport.config import DimseSettings
+from pixport.dicom.pixels import transcode_to_explicit_vr_little_endian
+from pixport.dimse.find import LEVELS, query_parameters
+from pixport.dimse.network import NODELAY_HANDLERS, client_ssl_context, find_remote
+from pixport.errors import BadQuery
+from pixport.storage.base import StoredInstance
+
+log = structlog.get_logger(__name__)
+
+PENDING = 0xFF00
+SUCCESS = 0x0000
+IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS = 0xA900
+UNABLE_TO_PROCESS = 0xC000
+MAX_SUBOPERATIONS = 0xFFFF
+MAX_CONTEXTS = 128
+UNIQUE_KEYS = ("PatientID", "StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")
+UNCOMPRESSED = frozenset({ExplicitVRLittleEndian, ImplicitVRLittleEndian})
+
+
+def find_instances(archive: Archive, identifier: Dataset) -> list[StoredInstance]:
+    """The stored instances an identifier asks for, by its level and unique keys; raise ``BadQuery``."""
+    level_name = str(identifier.get("QueryRetrieveLevel", "") or "").strip().upper()
+    if level_name not in LEVELS:
+        msg = f"unknown Query/Retrieve Level {level_name!r}"
+        raise BadQuery(msg)
+    keys = [identifier[keyword] for keyword in UNIQUE_KEYS if keyword in identifier and identifier[keyword].value]
+    if not keys:
+        msg = "no unique key to retrieve by"
+        raise BadQuery(msg)
+    level = LEVELS[level_name]
+    parsed = parse_query(level, query_parameters(keys))
+    parsed.query.limit = MAX_SUBOPERATIONS
+    rows = archive.index.search(parsed.query)
+    instances: list[StoredInstance] = []
+    for row in rows:
+        instances.extend(
+            archive.index.list_instances(row.study_instance_uid, row.series_instance_uid, row.sop_instance_uid)
+        )
+    return instances[:MAX_SUBOPERATIONS]
+
+
+def stored_dataset(archive: Archive, instance: StoredInstance, accepted: set[tuple[str, str]]) -> Dataset:
+    """The instance to send: as stored if its transfer syntax was accepted, else Explicit VR LE.
+
+    If neither was accepted (or decoding fails), the data set returned has no usable File Meta:
+    sending it fails, and pynetdicom counts a failed sub-operation for its SOP Instance UID.
+    """
+    with archive.blobs.open(instance.digest) as blob:
+        if (instance.sop_class_uid, instance.transfer_syntax_uid) in accepted:
+            return dcmread(blob)
+        if (instance.sop_class_uid, ExplicitVRLittleEndian) in accepted:
+            try:
+                return dcmread(io.BytesIO(transcode_to_explicit_vr_little_endian(blob)))
+            except Exception as exc:  # noqa: BLE001  counted as a failed sub-operation
+                log.warning(
+                    "dimse.retrieve.transcode_failed",
+                    sop_instance_uid=instance.sop_instance_uid,
+                    error=type(exc).__name__,
+                )
+    log.info("dimse.retrieve.not_accepted", sop_instance_uid=instance.sop_instance_uid)
+    unsendable = Dataset()
+    unsendable.SOPClassUID = instance.sop_class_uid
+    unsendable.SOPInstanceUID = instance.sop_instance_uid
+    unsendable.file_meta = FileMetaDataset()
+    unsendable.file_meta.TransferSyntaxUID = UID("1.2.840.10008.1.2.4.999")  # never negotiated
+    return unsendable
+
+
+def storage_contexts(instances: list[StoredInstance]) -> list[PresentationContext]:
+    """Contexts to propose to a move destination: each stored (class, syntax), and Explicit VR LE."""
+    contexts: dict[tuple[str, tuple[str, ...]], None] = {}
+    for instance in instances:
+        if instance.transfer_syntax_uid not in UNCOMPRESSED:
+            contexts[(instance.sop_class_uid, (instance.transfer_syntax_uid,))] = None
+    for instance in instances:
+        contexts[(instance.sop_class_uid, (ExplicitVRLittleEndian, ImplicitVRLittleEndian))] = None
+    result = []
+    for sop_class, syntaxes in list(contexts)[:MAX_CONTEXTS]:
+        context = PresentationContext()
+        context.abstract_syntax = sop_class
+        context.transfer_syntax = list(syntaxes)
+        result.append(context)
+    return result
+
+
+def accepted_pairs(assoc: Any) -> set[tuple[str, str]]:
+    """(SOP Class, transfer syntax) of every accepted presentation context of an association."""
+    return {(str(cx.abstract_syntax), str(cx.transfer_syntax[0])) for cx in assoc.accepted_contexts}
+
+
+def handle_c_get(event: Any, archive: Archive) -> Iterator[Any]:
+    """EVT_C_GET: yield the number of sub-operations, then (Pending, data set) for each; never raise."""
+    try:
+        instances = find_instances(archive, event.identifier)
+    except BadQuery as exc:
+        log.info("dimse.get.bad_identifier", reason=str(exc))
+        # pynetdicom answers a count of 0 with Success: one (failed) sub-operation carries the status.
+        yield 1
+        yield IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS, None
+        return
+    except Exception as exc:  # noqa: BLE001
+        log.error("dimse.get.failed", error=type(exc).__name__)  # noqa: TRY400
+        yield 1
+        yield UNABLE_TO_PROCESS, None
+        return
+    log.info("dimse.get", instances=len(instances))
+    yield len(instances)
+    accepted = {
+        (str(cx.abstract_syntax), str(cx.transfer_syntax[0])) for cx in event.assoc.accepted_contexts if cx.as_scu
+    }
+    yield from _suboperations(event, archive, instances, accepted)
+
+
+def handle_c_move(event: Any, archive: Archive, settings: DimseSettings) -> Iterator[Any]:
+    """EVT_C_MOVE: yield the destination, the number of sub-operations, then each data set."""
+    destination = find_remote(settings, str(event.move_destination or "").strip())
+    if destination is None:
+        log.info("dimse.move.unknown_destination")
+        yield None, None
+        return
+    try:
+        instances = find_instances(archive, event.identifier)
+    except BadQuery as exc:
+        log.info("dimse.move.bad_identifier", reason=str(exc))
+        instances, failure = [], IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS
+    except Exception as exc:  # noqa: BLE001
+        log.error("dimse.move.failed", error=type(exc).__name__)  # noqa: TRY400
+        instances, failure = [], UNABLE_TO_PROCESS
+    else:
+        failure = SUCCESS
+    accepted: set[tuple[str, str]] = set()
+
+    def remember_contexts(assoc_event: Any) -> None:
+        accepted.update(accepted_pairs(assoc_event.assoc))
+
+    ssl_context = client_ssl_context(settings, destination)
+    options: dict[str, Any] = {
+        "ae_title": destination.ae_title,
+        "contexts": storage_contexts(instances) or [build_context(Verification)],
+        "evt_handlers": [*NODELAY_HANDLERS, (evt.EVT_ESTABLISHED, remember_contexts)],
+    }
+    if ssl_context is not None:
+        options["tls_args"] = (ssl_context, destination.host)
+    yield destination.host, destination.port, options
+    if failure != SUCCESS:
+        # pynetdicom answers a count of 0 with Success: one (failed) sub-operation carries the status.
+        yield 1
+        yield failure, None
+        return
+    log.info("dimse.move", destination=destination.ae_title, instances=len(instances))
+    yield len(instances)
+    yield from _suboperations(event, archive, instances, accepted)
+
+
+def _suboperations(
+    event: Any, archive: Archive, instances: list[StoredInstance], accepted: set[tuple[str, str]]
+) -> Iterator[tuple[int, Dataset | None]]:
+    for instance in instances:
+        if event.is_cancelled:
+            cancelled = Dataset()
+            cancelled.FailedSOPInstanceUIDList = []
+            yield 0xFE00, cancelled
+            return
+        try:
+            dataset = stored_dataset(archive, instance, accepted)
+        except Exception as exc:  # noqa: BLE001  a blob that cannot be read fails one sub-operation
+            log.error(  # noqa: TRY400  type only: a traceback may quote patient data
+                "dimse.retrieve.read_failed", sop_instance_uid=instance.sop_instance_uid, error=type(exc).__name__
+            )
+            dataset = Dataset()
+            dataset.SOPClassUID = instance.sop_class_uid
+            dataset.SOPInstanceUID = instance.sop_instance_uid
+        yield PENDING, dataset

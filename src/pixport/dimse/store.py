@@ -1,0 +1,108 @@
+"""C-STORE SCP: each received data set goes through the archive's one ingest pipeline.
+
+pynetdicom writes the incoming data set, with File Meta built from the request and the
+presentation context, to a temporary file as it arrives (``STORE_RECV_CHUNKED_DATASET``).  The
+handler copies it into the archive's staging area (hashing and size-limiting it), parses it,
+checks it against the request, makes it durable and indexes it, and only then answers.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import structlog
+from pydicom.dataset import Dataset
+
+from pixport.archive.ingest import (
+    CANNOT_UNDERSTAND,
+    DATA_SET_DOES_NOT_MATCH_SOP_CLASS,
+    DUPLICATE_CONFLICT,
+    OUT_OF_RESOURCES,
+    IngestPipeline,
+)
+from pixport.archive.node import Archive
+from pixport.errors import LimitExceeded, StorageUnavailable
+
+log = structlog.get_logger(__name__)
+
+SUCCESS = 0x0000
+WARNING_COERCED = 0xB000
+PROCESSING_FAILURE = 0x0110
+ERROR_COMMENT_LENGTH = 64  # Error Comment (0000,0902) is LO
+
+
+def status(code: int, comment: str | None = None) -> Dataset:
+    """A status data set, with a short Error Comment (no patient data: UIDs at most)."""
+    result = Dataset()
+    result.Status = code
+    if comment:
+        result.ErrorComment = comment.encode("ascii", "replace").decode()[:ERROR_COMMENT_LENGTH]
+    return result
+
+
+def handle_c_store(event: Any, archive: Archive) -> Dataset:
+    """EVT_C_STORE: store one instance; always answer with an explicit status, never raise."""
+    request = event.request
+    calling = str(event.assoc.requestor.ae_title).strip()
+    try:
+        path = Path(event.dataset_path)
+    except AttributeError:
+        log.error("dimse.store.no_dataset_file")  # noqa: TRY400  nothing to trace
+        return status(PROCESSING_FAILURE, "data set not received")
+    try:
+        return _store(archive.ingest, path, request, f"dimse:{calling}")
+    except LimitExceeded as exc:
+        return status(OUT_OF_RESOURCES, exc.reason)
+    except StorageUnavailable as exc:
+        log.error("dimse.store.storage_unavailable", error=type(exc).__name__, detail=str(exc))  # noqa: TRY400
+        return status(OUT_OF_RESOURCES, str(exc))
+    except Exception as exc:  # noqa: BLE001  an exception would become 0xC211 without a reason
+        # Type only: a library message may quote patient data.
+        log.error("dimse.store.failed", error=type(exc).__name__)  # noqa: TRY400
+        return status(PROCESSING_FAILURE, "processing failure")
+
+
+def _store(ingest: IngestPipeline, path: Path, request: Any, source: str) -> Dataset:
+    with path.open("rb") as stream:
+        staged = ingest.stage_stream(stream)
+    examined = ingest.examine(staged)
+    result = examined.result
+    if examined.parsed is None:
+        code = result.failure_code or CANNOT_UNDERSTAND
+        log.info("dimse.store.rejected", sop_instance_uid=result.sop_instance_uid, status=f"{code:04X}")
+        return status(code, result.reason)
+    affected_class = str(request.AffectedSOPClassUID or "")
+    affected_instance = str(request.AffectedSOPInstanceUID or "")
+    if (affected_class, affected_instance) != (result.sop_class_uid, result.sop_instance_uid):
+        ingest.discard([staged])
+        log.info("dimse.store.uid_mismatch", sop_instance_uid=affected_instance)
+        return status(DATA_SET_DOES_NOT_MATCH_SOP_CLASS, "SOP Class/Instance UID differ from the C-STORE request")
+    (result,) = ingest.commit([examined], source)
+    if result.status == "conflict":
+        return status(DUPLICATE_CONFLICT, "stored already with different content")
+    if not result.ok:  # pragma: no cover - commit only stores, finds a duplicate or a conflict
+        return status(result.failure_code or PROCESSING_FAILURE, result.reason)
+    log.debug("dimse.store.stored", sop_instance_uid=result.sop_instance_uid, status=result.status)
+    if result.warnings:
+        return status(WARNING_COERCED, result.warnings[0])
+    return status(SUCCESS)
+
+
+def discard_partial_data_set(event: Any) -> None:
+    """EVT_CONN_CLOSE: delete the temporary file of a data set that never arrived whole.
+
+    pynetdicom deletes the file of every C-STORE it hands to the handler; one cut off by an
+    abort or a vanished peer would stay behind.
+    """
+    message = getattr(event.assoc.dimse, "message", None)
+    partial = getattr(message, "_data_set_file", None)
+    if partial is None:
+        return
+    try:
+        partial.close()
+        Path(partial.name).unlink(missing_ok=True)
+    except OSError:
+        log.warning("dimse.store.partial_not_deleted")
+    else:
+        log.info("dimse.store.partial_discarded")

@@ -1,0 +1,84 @@
+"""A PixPort DIMSE listener on a free loopback port, and helpers to run DCMTK against it."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pydicom
+
+from pixport import build_archive, load_settings
+from pixport.archive.node import Archive
+from pixport.dimse.scp import make_server
+from pixport.storage.base import Match, Query, StoredInstance
+
+CORPUS = Path(__file__).resolve().parents[3] / "shared" / "corpus"
+AE_TITLE = "PIXPORT"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class Listener:
+    """A running listener: its port and the archive behind it (for white-box checks)."""
+
+    archive: Archive
+    port: int
+    server: Any
+
+    def dataset_bytes(self, sop_instance_uid: str) -> bytes:
+        """The stored data set (after File Meta) of an instance, read from the blob store."""
+        rows = stored(self.archive, sop_instance_uid)
+        with self.archive.blobs.open(rows.digest) as blob:
+            return after_meta(blob.read())
+
+
+def stored(archive: Archive, sop_instance_uid: str) -> StoredInstance:
+    """The index entry of one instance (fails the test if it is not stored)."""
+    rows = archive.index.search(Query(level="instance", matches=[Match("sop_instance_uid", "single", sop_instance_uid)]))
+    assert rows, f"{sop_instance_uid} is not stored"
+    row = rows[0]
+    (instance,) = archive.index.list_instances(row.study_instance_uid, row.series_instance_uid, sop_instance_uid)
+    return instance
+
+
+def after_meta(data: bytes) -> bytes:
+    """The data set of a Part 10 file: everything after the File Meta group."""
+    if data[128:132] != b"DICM":
+        return data
+    meta_length = int.from_bytes(data[140:144], "little")  # (0002,0000) UL value
+    return data[144 + meta_length :]
+
+
+def start_listener(tmp_path: Path, **dimse: Any) -> Iterator[Listener]:
+    options: dict[str, Any] = {"host": "127.0.0.1", "port": 0, "allow_any_caller": True, "ae_title": AE_TITLE}
+    options.update(dimse)
+    settings = load_settings(storage={"data_dir": tmp_path / "pixport"}, dimse=options)
+    archive = build_archive(settings)
+    server = make_server(archive, settings, reuse_port=False)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield Listener(archive, int(server.server_address[1]), server)
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(10)
+        archive.close()
+
+
+def dcmtk(*args: str | Path, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(a) for a in args], capture_output=True, text=True, timeout=timeout, check=False)
+
+
+def sop_instance_uid(path: Path) -> str:
+    return str(pydicom.dcmread(path, stop_before_pixels=True, force=True).SOPInstanceUID)
