@@ -93,6 +93,27 @@ def wait_for_port(process: subprocess.Popen[bytes], port: int, log: Path, timeou
     raise RuntimeError(msg)
 
 
+def wait_for_dicom(
+    process: subprocess.Popen[bytes], ae_title: str, port: int, log: Path, timeout: float = 30.0
+) -> None:
+    """Return once the peer answers a C-ECHO (DCMTK echoscu); fail if the process exits first.
+
+    A bare TCP probe is not enough: dcmqrscp crashes later after a connection that closed
+    before sending an A-ASSOCIATE-RQ.
+    """
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            msg = f"peer exited with {process.returncode}: {log.read_text(errors='replace')[-2000:]}"
+            raise RuntimeError(msg)
+        echo = ["echoscu", "-to", "2", "-aet", "PROBE", "-aec", ae_title, LOOPBACK, str(port)]
+        if subprocess.run(echo, capture_output=True, timeout=20, check=False).returncode == 0:
+            return
+        time.sleep(0.1)
+    msg = f"peer did not answer C-ECHO on port {port} within {timeout} s"
+    raise RuntimeError(msg)
+
+
 @contextlib.contextmanager
 def _running(peer: Peer) -> Iterator[Peer]:
     try:
@@ -123,7 +144,7 @@ def storescp(tmp: Path, ae_title: str = "STORESCP", *, accept_all: bool = True) 
     if accept_all:
         command.append("--accept-all")
     process = _spawn([*command, str(port)], folder, log)
-    wait_for_port(process, port, log)
+    wait_for_dicom(process, ae_title, port, log)
     with _running(Peer(ae_title, port, received, process, log)) as peer:
         yield peer
 
@@ -148,8 +169,9 @@ def dcmqrscp(tmp: Path, ae_title: str = "QRSCP", *, known: Mapping[str, int] | N
         f"AETable BEGIN\n{ae_title} {database} RW (200, 1024mb) ANY\nAETable END\n"
     )
     log = folder / "dcmqrscp.log"
-    process = _spawn(["dcmqrscp", "--single-process", "-c", str(config)], folder, log)
-    wait_for_port(process, port, log)
+    # Not --single-process: Debian's build segfaults there once the first association ends.
+    process = _spawn(["dcmqrscp", "-c", str(config)], folder, log)
+    wait_for_dicom(process, ae_title, port, log)
     with _running(Peer(ae_title, port, database, process, log)) as peer:
         yield peer
 
@@ -209,8 +231,8 @@ def orthanc(tmp: Path, ae_title: str = "ORTHANC", *, modalities: Mapping[str, in
     config_path.write_text(json.dumps(config, indent=2))
     log = folder / "orthanc.log"
     process = _spawn([ORTHANC_BIN, str(config_path)], folder, log)
-    wait_for_port(process, port, log)
     wait_for_port(process, http_port, log)
+    wait_for_dicom(process, ae_title, port, log)
     with _running(Peer(ae_title, port, folder, process, log, http_port)) as peer:
         yield peer
 

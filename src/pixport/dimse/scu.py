@@ -451,6 +451,9 @@ def send(
                     if result is not None:
                         report(result)
                         break
+                    if assoc.is_established:  # pynetdicom may not have seen the A-ABORT yet
+                        assoc.abort()
+                    assoc = None
                 else:
                     reason = "the peer aborted the association twice while receiving it"
                     report(SendResult(offer.name, offer.sop_instance_uid, reason=reason))
