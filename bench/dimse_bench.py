@@ -26,7 +26,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -325,6 +325,27 @@ def store_phase(node: Node, files: list[Path], assocs: int, tmp: Path, extra: li
     return run.seconds
 
 
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def tree_cpu(server: ab.Server) -> dict[int, float]:
+    """CPU seconds (user + system) so far of each process in the server's tree, from /proc."""
+    out = {}
+    for pid in server.tree_pids():
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_bytes()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(b")") + 2 :].split()  # fields[11], [12]: utime, stime (man 5 proc)
+        out[pid] = (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+    return out
+
+
+def cpu_spent(before: dict[int, float], after: dict[int, float]) -> list[float]:
+    """CPU seconds each process spent between two ``tree_cpu`` readings, busiest first."""
+    return sorted((round(t - before.get(pid, 0.0), 2) for pid, t in after.items()), reverse=True)
+
+
 STUDY_INSTANCES = re.compile(r"\(0020,1208\) IS \[\s*(\d+)\s*\]")
 
 
@@ -352,6 +373,16 @@ class StoreResult:
     ct_bytes: int
     small_bytes: int
     check: str | None = None  # what the server holds afterwards, when it is not what was sent
+    ct_cpu_by_process: list[float] = field(default_factory=list)  # server CPU seconds, busiest process first
+    small_cpu_by_process: list[float] = field(default_factory=list)
+
+    @property
+    def ct_cpu_ms_per_instance(self) -> float:
+        return sum(self.ct_cpu_by_process) * 1000 / self.ct_instances if self.ct_instances else 0.0
+
+    @property
+    def small_cpu_ms_per_instance(self) -> float:
+        return sum(self.small_cpu_by_process) * 1000 / self.small_instances if self.small_instances else 0.0
 
     @property
     def ct_mb_per_s(self) -> float:
@@ -541,6 +572,8 @@ def build_rows(stores: dict[int, dict[str, list[StoreResult]]], reads: dict[str,
         for row in (ct, small_row):
             row.note = "CHECK " + "; ".join(checks) if checks else ""
             rows.append(row)
+    for part, cpu in (("CT", lambda x: x.ct_cpu_ms_per_instance), ("small", lambda x: x.small_cpu_ms_per_instance)):
+        rows.append(Row(f"  C-STORE {part}, server CPU per instance", "ms", *pair(med(1, cpu)), ""))
     for part, fn in (("CT", lambda x: x.ct_mb_per_s), ("small", lambda x: x.small_instances_per_s)):
         one, four = med(1, fn), med(4, fn)
         speedup = {n: four[n] / one[n] for n in one if one[n]}
@@ -631,15 +664,21 @@ def store_all(
                 node = start(name, tmp, f"r{round_}a{assocs}", args, move)
                 infos[name] = node.server.info
                 print(f"  C-STORE {assocs} assoc -> {name} ...", end="", flush=True)
+                cpu0 = tree_cpu(node.server)
                 ct_s = store_phase(node, plan.ct_files, assocs, tmp, extra)
+                cpu1 = tree_cpu(node.server)
                 small_s = store_phase(node, plan.small_files, assocs, tmp, extra)
+                cpu2 = tree_cpu(node.server)
                 res = StoreResult(assocs, ct_s, small_s, len(plan.ct_files), len(plan.small_files), *sizes)
+                res.ct_cpu_by_process, res.small_cpu_by_process = cpu_spent(cpu0, cpu1), cpu_spent(cpu1, cpu2)
                 res.check = stored_check(node, plan.n_studies, len(plan.ct_files) + len(plan.small_files), tmp)
                 stores[assocs][name].append(res)
+                busy = " ".join(f"{t:.1f}" for t in res.small_cpu_by_process if t >= 0.05)
                 print(
                     f" CT {ct_s:.1f} s ({res.ct_mb_per_s:.1f} MB/s, {res.ct_instances_per_s:.0f} inst/s), "
-                    f"small {small_s:.1f} s ({res.small_instances_per_s:.0f} inst/s); "
-                    f"{'CHECK ' + res.check if res.check else 'all stored'}",
+                    f"small {small_s:.1f} s ({res.small_instances_per_s:.0f} inst/s); server CPU/inst "
+                    f"{res.ct_cpu_ms_per_instance:.1f} / {res.small_cpu_ms_per_instance:.1f} ms, small by process "
+                    f"[{busy}] s; {'CHECK ' + res.check if res.check else 'all stored'}",
                     flush=True,
                 )
                 if assocs == 4 and round_ == args.rounds - 1:
@@ -748,6 +787,8 @@ def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
                         "ct_mb_per_s": r.ct_mb_per_s,
                         "ct_instances_per_s": r.ct_instances_per_s,
                         "small_instances_per_s": r.small_instances_per_s,
+                        "ct_cpu_ms_per_instance": r.ct_cpu_ms_per_instance,
+                        "small_cpu_ms_per_instance": r.small_cpu_ms_per_instance,
                     }
                     for r in runs
                 ]
