@@ -201,7 +201,9 @@ def orthanc_overrides(dicom_port: int, move_port: int, threads: int) -> dict[str
         "DicomPort": dicom_port,
         "DicomThreadsCount": threads,
         "DicomCheckCalledAet": False,
-        "DicomCheckModalityHost": False,
+        # Orthanc 1.10 listens for DICOM on every interface: only the known AE titles, from 127.0.0.1, get service.
+        "DicomCheckModalityHost": True,
+        **{f"DicomAlwaysAllow{s}": False for s in ("Echo", "Store", "Find", "FindWorklist", "Get", "Move")},
         "DicomModalitiesInDatabase": False,
         "DicomModalities": {
             "bench": modality(BENCH_AET, 104),  # the DCMTK SCUs (never called back: C-GET stays on the association)
