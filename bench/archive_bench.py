@@ -28,7 +28,7 @@ import tempfile
 import threading
 import time
 import urllib.parse
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Self
@@ -622,7 +622,7 @@ def _fmt(value: float | None) -> str:
     return f"{value:.2f}"
 
 
-def print_table(rows: list[Row]) -> None:
+def print_table(rows: Sequence[Row]) -> None:
     header = ("metric", "unit", PIXPORT, ORTHANC, "ratio", "target", "result")
     table = [header] + [
         (
