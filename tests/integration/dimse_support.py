@@ -44,7 +44,9 @@ class Listener:
 
 def stored(archive: Archive, sop_instance_uid: str) -> StoredInstance:
     """The index entry of one instance (fails the test if it is not stored)."""
-    rows = archive.index.search(Query(level="instance", matches=[Match("sop_instance_uid", "single", sop_instance_uid)]))
+    rows = archive.index.search(
+        Query(level="instance", matches=[Match("sop_instance_uid", "single", sop_instance_uid)])
+    )
     assert rows, f"{sop_instance_uid} is not stored"
     row = rows[0]
     (instance,) = archive.index.list_instances(row.study_instance_uid, row.series_instance_uid, sop_instance_uid)

@@ -8,14 +8,16 @@ sent instead; if that cannot be made either, the sub-operation fails.
 from __future__ import annotations
 
 import io
+import time
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, cast
 
 import structlog
 from pydicom import dcmread
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import build_context, evt
+from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.presentation import PresentationContext
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
@@ -62,31 +64,98 @@ def find_instances(archive: Archive, identifier: Dataset) -> list[StoredInstance
     return instances[:MAX_SUBOPERATIONS]
 
 
+class StoredDataset(Dataset):
+    """A data set to send as these exact bytes (``send_stored``), not re-encoded by pydicom.
+
+    pynetdicom's C-GET/C-MOVE service sends only ``Dataset`` objects and re-encodes them (pydicom
+    writes every sequence with undefined length, for one): the UIDs here are what it needs to
+    count a failed sub-operation, the bytes what is sent.
+    """
+
+    def __init__(self, sop_class_uid: str, sop_instance_uid: str, transfer_syntax_uid: str, encoded: bytes) -> None:
+        super().__init__()
+        self.SOPClassUID = sop_class_uid
+        self.SOPInstanceUID = sop_instance_uid
+        self.file_meta = FileMetaDataset()
+        self.file_meta.TransferSyntaxUID = UID(transfer_syntax_uid)
+        self.__dict__["encoded"] = encoded
+
+
+def send_stored(assoc: Any) -> None:
+    """Make ``assoc.send_c_store`` send a ``StoredDataset``'s bytes as they are.
+
+    Mirrors the end of pynetdicom 3.0.4's ``Association.send_c_store`` with the data set already
+    encoded (the C-STORE primitive carries encoded bytes).  Other data sets go through unchanged.
+    """
+    original = assoc.send_c_store
+
+    def send_c_store(dataset: Any, msg_id: int = 1, priority: int = 2, originator_aet: str | None = None,
+                     originator_id: int | None = None) -> Dataset:  # fmt: skip
+        if not isinstance(dataset, StoredDataset):
+            return cast("Dataset", original(dataset, msg_id, priority, originator_aet, originator_id))
+        context = assoc._get_valid_context(  # noqa: SLF001
+            dataset.SOPClassUID, dataset.file_meta.TransferSyntaxUID, "scu", allow_conversion=False
+        )
+        request = C_STORE()
+        request.MessageID = msg_id
+        request.Priority = priority
+        request.MoveOriginatorApplicationEntityTitle = originator_aet
+        request.MoveOriginatorMessageID = originator_id
+        request.AffectedSOPClassUID = dataset.SOPClassUID
+        request.AffectedSOPInstanceUID = dataset.SOPInstanceUID
+        request.DataSet = io.BytesIO(dataset.__dict__["encoded"])
+        assoc._reactor_checkpoint.clear()  # noqa: SLF001  as send_c_store does
+        while not assoc._is_paused:  # noqa: SLF001
+            time.sleep(0.0001)
+        assoc.dimse.send_msg(request, context.context_id)
+        _, response = assoc.dimse.get_msg(block=True)
+        assoc._reactor_checkpoint.set()  # noqa: SLF001
+        if response is None:
+            assoc._handle_no_response()  # noqa: SLF001
+            return Dataset()
+        return cast("Dataset", assoc._check_received_status(response))  # noqa: SLF001
+
+    assoc.send_c_store = send_c_store
+
+
+def _data_set_bytes(data: bytes) -> bytes:
+    """The data set of a Part 10 file (after the File Meta group), or the bytes as they are."""
+    if data[128:132] != b"DICM":
+        return data
+    meta_length = int.from_bytes(data[140:144], "little")  # (0002,0000) UL, always Explicit VR LE
+    return data[144 + meta_length :]
+
+
 def stored_dataset(archive: Archive, instance: StoredInstance, accepted: set[tuple[str, str]]) -> Dataset:
     """The instance to send: as stored if its transfer syntax was accepted, else Explicit VR LE.
 
-    If neither was accepted (or decoding fails), the data set returned has no usable File Meta:
-    sending it fails, and pynetdicom counts a failed sub-operation for its SOP Instance UID.
+    Little Endian data sets go as Implicit VR where only that was accepted (pynetdicom
+    re-encodes them).  If nothing usable was accepted, or decoding fails, the data set returned
+    cannot be sent: pynetdicom counts a failed sub-operation for it.
     """
+    syntaxes = {syntax for sop_class, syntax in accepted if sop_class == instance.sop_class_uid}
+    stored_syntax = instance.transfer_syntax_uid
+    uids = (instance.sop_class_uid, instance.sop_instance_uid)
     with archive.blobs.open(instance.digest) as blob:
-        if (instance.sop_class_uid, instance.transfer_syntax_uid) in accepted:
+        if stored_syntax in syntaxes:
+            return StoredDataset(*uids, stored_syntax, _data_set_bytes(blob.read()))
+        if stored_syntax in UNCOMPRESSED and syntaxes & UNCOMPRESSED:
             return dcmread(blob)
-        if (instance.sop_class_uid, ExplicitVRLittleEndian) in accepted:
+        if syntaxes & UNCOMPRESSED:
             try:
-                return dcmread(io.BytesIO(transcode_to_explicit_vr_little_endian(blob)))
+                decoded = transcode_to_explicit_vr_little_endian(blob)
             except Exception as exc:  # noqa: BLE001  counted as a failed sub-operation
                 log.warning(
                     "dimse.retrieve.transcode_failed",
                     sop_instance_uid=instance.sop_instance_uid,
                     error=type(exc).__name__,
                 )
+            else:
+                if ExplicitVRLittleEndian in syntaxes:
+                    return StoredDataset(*uids, ExplicitVRLittleEndian, _data_set_bytes(decoded))
+                return dcmread(io.BytesIO(decoded))
     log.info("dimse.retrieve.not_accepted", sop_instance_uid=instance.sop_instance_uid)
-    unsendable = Dataset()
-    unsendable.SOPClassUID = instance.sop_class_uid
-    unsendable.SOPInstanceUID = instance.sop_instance_uid
-    unsendable.file_meta = FileMetaDataset()
-    unsendable.file_meta.TransferSyntaxUID = UID("1.2.840.10008.1.2.4.999")  # never negotiated
-    return unsendable
+    return StoredDataset(*uids, stored_syntax, b"")
 
 
 def storage_contexts(instances: list[StoredInstance]) -> list[PresentationContext]:
@@ -131,6 +200,7 @@ def handle_c_get(event: Any, archive: Archive) -> Iterator[Any]:
     accepted = {
         (str(cx.abstract_syntax), str(cx.transfer_syntax[0])) for cx in event.assoc.accepted_contexts if cx.as_scu
     }
+    send_stored(event.assoc)
     yield from _suboperations(event, archive, instances, accepted)
 
 
@@ -155,6 +225,7 @@ def handle_c_move(event: Any, archive: Archive, settings: DimseSettings) -> Iter
 
     def remember_contexts(assoc_event: Any) -> None:
         accepted.update(accepted_pairs(assoc_event.assoc))
+        send_stored(assoc_event.assoc)
 
     ssl_context = client_ssl_context(settings, destination)
     options: dict[str, Any] = {

@@ -101,9 +101,11 @@ def make_server(archive: Archive, settings: Settings, *, reuse_port: bool = True
     """A bound, listening association server (call ``serve_forever`` or run it in a thread)."""
     ae = build_ae(settings)
     address = (settings.dimse.host, settings.dimse.port)
-    return ae.make_server(
+    server = ae.make_server(
         address,
         ssl_context=server_ssl_context(settings.dimse),
         evt_handlers=event_handlers(archive, settings),
         server_class=ReusePortAssociationServer if reuse_port else ThreadedAssociationServer,
     )
+    ae._servers.append(server)  # noqa: SLF001  as start_server does, so that shutdown() finds it
+    return server

@@ -1,0 +1,280 @@
+"""The archive as a DICOM service, driven by DCMTK's tools (real peers)."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pydicom
+import pytest
+from dimse_support import (
+    AE_TITLE,
+    CORPUS,
+    Listener,
+    after_meta,
+    dcmtk,
+    free_port,
+    sop_instance_uid,
+    start_listener,
+    stored,
+)
+from pynetdicom import evt
+
+CT = CORPUS / "modality" / "ct" / "CT_small.dcm"
+KOREAN_ISO2022 = CORPUS / "charset" / "korean_chrI2_iso2022-ir149.dcm"
+KOREAN_UTF8 = CORPUS / "charset" / "korean_chrI2_utf8.dcm"
+TRANSFER_SYNTAXES = sorted((CORPUS / "transfer-syntax").iterdir())
+HONG = "Hong^Gildong=洪^吉洞=홍^길동"
+
+
+@pytest.fixture
+def listener(tmp_path: Path) -> Iterator[Listener]:
+    yield from start_listener(tmp_path)
+
+
+def storescu(listener: Listener, *files: Path, calling: str = "STORESCU") -> subprocess.CompletedProcess[str]:
+    return dcmtk("storescu", "-R", "-nh", "-aet", calling, "-aec", AE_TITLE, "127.0.0.1", listener.port, *files)
+
+
+# storescu proposes a compressed transfer syntax only when told which one.
+STORESCU_PROPOSAL = {
+    "1.2.840.10008.1.2": "-xi",
+    "1.2.840.10008.1.2.1": "-xe",
+    "1.2.840.10008.1.2.2": "-xb",
+    "1.2.840.10008.1.2.1.99": "-xd",
+    "1.2.840.10008.1.2.5": "-xr",
+    "1.2.840.10008.1.2.4.50": "-xy",
+    "1.2.840.10008.1.2.4.51": "-xx",
+    "1.2.840.10008.1.2.4.70": "-xs",
+    "1.2.840.10008.1.2.4.80": "-xt",
+    "1.2.840.10008.1.2.4.81": "-xu",
+    "1.2.840.10008.1.2.4.90": "-xv",
+    "1.2.840.10008.1.2.4.91": "-xw",
+}
+
+
+def send_as_stored(port: int, called: str, files: list[Path]) -> None:
+    """Each file in its own transfer syntax: storescu where it can propose it, else dcmsend."""
+    groups: dict[str, list[Path]] = {}
+    for path in files:
+        groups.setdefault(str(pydicom.filereader.read_file_meta_info(path).TransferSyntaxUID), []).append(path)
+    for syntax, paths in groups.items():
+        option = STORESCU_PROPOSAL.get(syntax)
+        if option:
+            result = dcmtk("storescu", option, "-nh", "-aec", called, "127.0.0.1", port, *paths)
+        else:
+            result = dcmtk("dcmsend", "-dn", "-nh", "-aec", called, "127.0.0.1", port, *paths)
+        assert result.returncode == 0, (syntax, result.stderr)
+
+
+def test_echoscu(listener: Listener) -> None:
+    result = dcmtk("echoscu", "-aec", AE_TITLE, "127.0.0.1", listener.port)
+    assert result.returncode == 0, result.stderr
+
+
+def reference_receipt(tmp_path: Path, files: list[Path]) -> dict[str, bytes]:
+    """What storescu puts on the wire, as DCMTK's storescp receives it bit-preserving."""
+    port = free_port()
+    out = tmp_path / "reference"
+    out.mkdir()
+    with subprocess.Popen(["storescp", "+B", "+xa", "-od", str(out), "-aet", "REF", str(port)]) as receiver:
+        try:
+            time.sleep(0.5)
+            send_as_stored(port, "REF", files)
+        finally:
+            receiver.terminate()
+    return {sop_instance_uid(p): after_meta(p.read_bytes()) for p in out.iterdir()}
+
+
+def test_storescu_every_transfer_syntax_stored_as_sent(listener: Listener, tmp_path: Path) -> None:
+    files = [p for p in TRANSFER_SYNTAXES if p.is_file()]
+    send_as_stored(listener.port, AE_TITLE, files)
+    sent = reference_receipt(tmp_path, files)
+    assert len(sent) >= len(files) - 10  # (storescp takes most, not all, syntaxes; some UIDs are shared)
+    compared = 0
+    for path in files:
+        uid = sop_instance_uid(path)
+        header = pydicom.dcmread(path, stop_before_pixels=True)
+        if not (header.get("StudyInstanceUID") and header.get("SeriesInstanceUID")):
+            continue  # refused with A900, as STOW-RS refuses it
+        instance = stored(listener.archive, uid)
+        meta = pydicom.filereader.read_file_meta_info(path)
+        if uid not in {sop_instance_uid(p) for p in files if p != path}:  # same UID in several syntaxes: first wins
+            assert instance.transfer_syntax_uid == meta.TransferSyntaxUID, path.name
+            if uid in sent:
+                assert listener.dataset_bytes(uid) == sent[uid], path.name
+                compared += 1
+    assert compared >= 10
+    # Nothing left behind in the staging area.
+    assert list(listener.archive.blobs.staging_dir.iterdir()) == []
+
+
+def test_storescu_twice_is_a_duplicate_success(listener: Listener) -> None:
+    assert storescu(listener, CT).returncode == 0
+    result = storescu(listener, CT)
+    assert result.returncode == 0, result.stderr
+    assert listener.archive.index.count_instances() == 1
+
+
+def findscu(listener: Listener, model: str, *keys: str) -> list[pydicom.Dataset]:
+    out = listener.archive.blobs.staging_dir.parent / f"find-{time.monotonic_ns()}"
+    out.mkdir()
+    args = [a for key in keys for a in ("-k", key)]
+    result = dcmtk(
+        "findscu", model, "-aet", "FINDSCU", "-aec", AE_TITLE, "-X", "-od", out, *args, "127.0.0.1", listener.port
+    )
+    assert result.returncode == 0, result.stderr
+    return [pydicom.dcmread(p) for p in sorted(out.iterdir())]
+
+
+@pytest.mark.parametrize("model", ["-S", "-P"])
+def test_findscu_korean_names_whole_with_utf8(listener: Listener, model: str) -> None:
+    assert storescu(listener, KOREAN_ISO2022, KOREAN_UTF8, CT).returncode == 0
+    responses = findscu(
+        listener,
+        model,
+        "QueryRetrieveLevel=STUDY",
+        "PatientName=홍*",
+        "PatientID=",
+        "StudyInstanceUID=",
+        "SpecificCharacterSet=ISO_IR 192",
+    )
+    assert len(responses) == 2
+    for response in responses:
+        assert response.SpecificCharacterSet == "ISO_IR 192"
+        assert str(response.PatientName) == HONG
+        assert {e.keyword for e in response} == {
+            "SpecificCharacterSet",
+            "QueryRetrieveLevel",
+            "PatientName",
+            "PatientID",
+            "StudyInstanceUID",
+        }
+
+
+def test_findscu_every_level(listener: Listener) -> None:
+    assert storescu(listener, KOREAN_UTF8, CT).returncode == 0
+    study, series, sop = (
+        str(pydicom.dcmread(CT).get(k)) for k in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")
+    )
+    patients = findscu(
+        listener, "-P", "QueryRetrieveLevel=PATIENT", "PatientName=", "PatientID=", "NumberOfPatientRelatedStudies="
+    )
+    assert len(patients) == 2
+    assert HONG in {str(p.PatientName) for p in patients}
+    studies = findscu(
+        listener,
+        "-S",
+        "QueryRetrieveLevel=STUDY",
+        "ModalitiesInStudy=CT",
+        "StudyInstanceUID=",
+        "NumberOfStudyRelatedInstances=",
+    )
+    assert [(s.StudyInstanceUID, s.NumberOfStudyRelatedInstances) for s in studies] == [(study, 1)]
+    series_rows = findscu(
+        listener, "-S", "QueryRetrieveLevel=SERIES", f"StudyInstanceUID={study}", "SeriesInstanceUID=", "Modality="
+    )
+    assert [(s.SeriesInstanceUID, s.Modality) for s in series_rows] == [(series, "CT")]
+    images = findscu(
+        listener,
+        "-S",
+        "QueryRetrieveLevel=IMAGE",
+        f"StudyInstanceUID={study}",
+        f"SeriesInstanceUID={series}",
+        "SOPInstanceUID=",
+        "Rows=",
+    )
+    assert [(i.SOPInstanceUID, i.Rows) for i in images] == [(sop, 128)]
+    assert findscu(listener, "-S", "QueryRetrieveLevel=STUDY", "StudyDate=19000101-19000102", "StudyInstanceUID=") == []
+
+
+def test_getscu_retrieves_stored_bytes_or_a_decoded_copy(listener: Listener, tmp_path: Path) -> None:
+    jpeg = CORPUS / "transfer-syntax" / "jpeg-baseline_SC_rgb_jpeg_dcmtk.dcm"
+    files = [CT, jpeg]
+    send_as_stored(listener.port, AE_TITLE, files)
+    for proposal, wanted in (("+xy", [jpeg]), ("+x=", files)):  # JPEG Baseline first; uncompressed only
+        out = tmp_path / proposal
+        out.mkdir()
+        for path in wanted:
+            study = str(pydicom.dcmread(path, stop_before_pixels=True).StudyInstanceUID)
+            result = dcmtk(
+                "getscu", "+B", proposal, "-S", "-aet", "GETSCU", "-aec", AE_TITLE, "-od", out,
+                "-k", "QueryRetrieveLevel=STUDY", "-k", f"StudyInstanceUID={study}", "127.0.0.1", listener.port,
+            )  # fmt: skip
+            assert result.returncode == 0, result.stderr
+        received = {sop_instance_uid(p): p for p in out.iterdir()}
+        assert set(received) == {sop_instance_uid(p) for p in wanted}
+        ct_uid, jpeg_uid = sop_instance_uid(CT), sop_instance_uid(jpeg)
+        if ct_uid in received:
+            assert after_meta(received[ct_uid].read_bytes()) == listener.dataset_bytes(ct_uid)
+        if proposal == "+xy":
+            assert after_meta(received[jpeg_uid].read_bytes()) == listener.dataset_bytes(jpeg_uid)
+        else:
+            decoded = pydicom.dcmread(received[jpeg_uid])
+            assert decoded.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.1"
+            assert decoded.pixel_array.shape == pydicom.dcmread(jpeg).pixel_array.shape
+
+
+def test_movescu_to_storescp_and_unknown_destination(tmp_path: Path) -> None:
+    port = free_port()
+    out = tmp_path / "moved"
+    out.mkdir()
+    remotes = [{"ae_title": "DEST", "host": "127.0.0.1", "port": port}]
+    files = [CT, CORPUS / "transfer-syntax" / "jpegls-lossless_MR_small.dcm"]
+    for node in start_listener(tmp_path, remotes=remotes):
+        send_as_stored(node.port, AE_TITLE, files)
+        # storescp accepts only uncompressed syntaxes by default: the JPEG-LS object goes decoded.
+        with subprocess.Popen(["storescp", "+B", "-od", str(out), "-aet", "DEST", str(port)]) as receiver:
+            try:
+                time.sleep(0.5)
+                for path in files:
+                    study = str(pydicom.dcmread(path, stop_before_pixels=True).StudyInstanceUID)
+                    result = dcmtk(
+                        "movescu", "-S", "-aet", "MOVESCU", "-aem", "DEST", "-aec", AE_TITLE,
+                        "-k", "QueryRetrieveLevel=STUDY", "-k", f"StudyInstanceUID={study}", "127.0.0.1", node.port,
+                    )  # fmt: skip
+                    assert result.returncode == 0, result.stderr
+                unknown = dcmtk(
+                    "movescu", "-S", "-aet", "MOVESCU", "-aem", "NOWHERE", "-aec", AE_TITLE,
+                    "-k", "QueryRetrieveLevel=STUDY", "-k", "StudyInstanceUID=1.2.3", "127.0.0.1", node.port,
+                )  # fmt: skip
+                assert "movedestinationunknown" in (unknown.stdout + unknown.stderr).lower()
+            finally:
+                receiver.terminate()
+        moved = {sop_instance_uid(p): p for p in out.iterdir()}
+        assert set(moved) == {sop_instance_uid(p) for p in files}
+        ct_uid = sop_instance_uid(CT)
+        assert after_meta(moved[ct_uid].read_bytes()) == node.dataset_bytes(ct_uid)
+        mr = pydicom.dcmread(moved[sop_instance_uid(files[1])])
+        assert mr.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.1"
+        assert mr.pixel_array.shape == (64, 64)
+
+
+def test_unknown_caller_is_refused(tmp_path: Path) -> None:
+    remotes = [{"ae_title": "KNOWN", "host": "127.0.0.1", "port": 104}]
+    for node in start_listener(tmp_path, remotes=remotes, allow_any_caller=False):
+        refused = dcmtk("echoscu", "-aet", "STRANGER", "-aec", AE_TITLE, "127.0.0.1", node.port)
+        assert refused.returncode != 0
+        assert "reject" in (refused.stdout + refused.stderr).lower()
+        accepted = dcmtk("echoscu", "-aet", "KNOWN", "-aec", AE_TITLE, "127.0.0.1", node.port)
+        assert accepted.returncode == 0, accepted.stderr
+
+
+def test_accepted_sockets_have_tcp_nodelay(listener: Listener) -> None:
+    """Every association socket the listener accepts has Nagle's algorithm off."""
+    seen: list[int] = []
+
+    def check(event: Any) -> None:
+        sock = event.assoc.dul.socket.socket
+        seen.append(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+
+    listener.server.bind(evt.EVT_ESTABLISHED, check)  # runs after EVT_CONN_OPEN's NODELAY handler
+    small = CORPUS / "charset" / "chrFren_latin1.dcm"
+    for _ in range(3):
+        result = dcmtk("storescu", "-R", "-aec", AE_TITLE, "127.0.0.1", listener.port, small)
+        assert result.returncode == 0, result.stderr
+    assert seen == [1, 1, 1]
