@@ -1,0 +1,149 @@
+"""C-STORE failure statuses and faults: conflict, malformed objects, disk full, an aborted transfer."""
+
+from __future__ import annotations
+
+import io
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pydicom
+import pytest
+from dimse_support import AE_TITLE, CORPUS, Listener, after_meta, dcmtk, start_listener
+from pynetdicom import AE
+from pynetdicom.dimse_messages import C_STORE_RQ
+from pynetdicom.dimse_primitives import C_STORE
+from test_disk_full import small_disk  # noqa: F401  fixture
+
+from pixport.samples import PATIENTS, ct_series
+
+CT = CORPUS / "modality" / "ct" / "CT_small.dcm"
+
+
+@pytest.fixture
+def listener(tmp_path: Path) -> Iterator[Listener]:
+    yield from start_listener(tmp_path)
+
+
+def store_status(listener: Listener, dataset: pydicom.Dataset | Path) -> int:
+    """C-STORE with pynetdicom (for data sets DCMTK refuses to send); the status code."""
+    ds = pydicom.dcmread(dataset) if isinstance(dataset, Path) else dataset
+    ae = AE(ae_title="FAULTS")
+    ae.add_requested_context(ds.SOPClassUID, ds.file_meta.TransferSyntaxUID)
+    assoc = ae.associate("127.0.0.1", listener.port, ae_title=AE_TITLE)
+    assert assoc.is_established
+    try:
+        return int(assoc.send_c_store(ds).Status)
+    finally:
+        assoc.release()
+
+
+def storescu_status(listener: Listener, path: Path) -> str:
+    result = dcmtk("storescu", "-v", "-nh", "-aec", AE_TITLE, "127.0.0.1", listener.port, path)
+    return result.stdout + result.stderr
+
+
+def test_conflicting_duplicate_is_0111_and_nothing_overwritten(listener: Listener, tmp_path: Path) -> None:
+    assert "Success" in storescu_status(listener, CT)
+    changed = pydicom.dcmread(CT)
+    changed.StudyDescription = "changed, same SOP Instance UID"
+    altered = tmp_path / "altered.dcm"
+    changed.save_as(altered)
+    output = storescu_status(listener, altered)
+    assert "Status: 0x111)" in output, output
+    assert listener.archive.index.count_instances() == 1
+    assert len(listener.archive.index.list_conflicts()) == 1
+
+
+def send_raw(listener: Listener, sop_class: str, sop_instance: str, syntax: str, data_set: bytes) -> int:
+    """C-STORE these exact data set bytes (pynetdicom would re-encode, and so repair, a data set)."""
+    ae = AE(ae_title="FAULTS")
+    ae.add_requested_context(sop_class, syntax)
+    assoc = ae.associate("127.0.0.1", listener.port, ae_title=AE_TITLE)
+    assert assoc.is_established
+    try:
+        request = C_STORE()
+        request.MessageID = 1
+        request.AffectedSOPClassUID = sop_class
+        request.AffectedSOPInstanceUID = sop_instance
+        request.Priority = 2
+        request.DataSet = io.BytesIO(data_set)
+        assoc.dimse.send_msg(request, assoc.accepted_contexts[0].context_id)
+        _, response = assoc.dimse.get_msg(block=True)
+        return int(response.Status)
+    finally:
+        assoc.release()
+
+
+def test_malformed_objects_get_precise_statuses(listener: Listener) -> None:
+    truncated = CORPUS / "malformed" / "MR_truncated.dcm"
+    header = pydicom.dcmread(truncated, stop_before_pixels=True)
+    status = send_raw(
+        listener, header.SOPClassUID, header.SOPInstanceUID, header.file_meta.TransferSyntaxUID,
+        after_meta(truncated.read_bytes()),
+    )  # fmt: skip
+    assert status == 0xC000
+    no_uids = pydicom.dcmread(CT)
+    del no_uids.StudyInstanceUID
+    assert store_status(listener, no_uids) == 0xA900
+    assert listener.archive.index.count_instances() == 0
+    assert list(listener.archive.blobs.staging_dir.iterdir()) == []
+
+
+def test_data_set_uids_differing_from_the_request_is_a900(listener: Listener) -> None:
+    ds = pydicom.dcmread(CT)
+    status = send_raw(
+        listener, ds.SOPClassUID, "1.2.3.4.5.6.7", ds.file_meta.TransferSyntaxUID, after_meta(CT.read_bytes())
+    )
+    assert status == 0xA900
+    assert listener.archive.index.count_instances() == 0
+
+
+def test_unknown_private_sop_class_is_accepted(listener: Listener) -> None:
+    private = CORPUS / "malformed" / "unknown_private_sop_class.dcm"
+    assert store_status(listener, private) == 0x0000
+    assert listener.archive.index.count_instances() == 1
+
+
+def test_disk_full_is_a700_and_the_node_stays_up(small_disk: Path) -> None:  # noqa: F811
+    for node in start_listener(small_disk):
+        assert store_status(node, CT) == 0x0000
+        big = list(ct_series(PATIENTS[1], "disk-full", slices=1, size=1400))  # ~4 MiB each: more than the disk holds
+        assert store_status(node, big[0]) == 0xA700
+        assert node.archive.index.count_instances() == 1
+        assert list(node.archive.blobs.staging_dir.iterdir()) == []
+        assert dcmtk("echoscu", "-aec", AE_TITLE, "127.0.0.1", node.port).returncode == 0
+
+
+def test_abort_mid_transfer_leaves_nothing_behind(listener: Listener) -> None:
+    """A scripted SCU sends the command and part of a data set, then aborts (pynetdicom parrot style)."""
+    before = set(Path(tempfile.gettempdir()).glob("tmp*.dcm"))
+    ds = pydicom.dcmread(CT)
+    buffer = io.BytesIO()
+    pydicom.dcmwrite(buffer, ds, enforce_file_format=False)
+    encoded = buffer.getvalue()
+    meta_end = 132 + 12 + int.from_bytes(encoded[140:144], "little")
+    ae = AE(ae_title="ABORTER")
+    ae.add_requested_context(ds.SOPClassUID, ds.file_meta.TransferSyntaxUID)
+    assoc = ae.associate("127.0.0.1", listener.port, ae_title=AE_TITLE, max_pdu=4096)
+    assert assoc.is_established
+    request = C_STORE()
+    request.MessageID = 1
+    request.AffectedSOPClassUID = ds.SOPClassUID
+    request.AffectedSOPInstanceUID = ds.SOPInstanceUID
+    request.Priority = 2
+    request.DataSet = io.BytesIO(encoded[meta_end:])
+    message = C_STORE_RQ()
+    message.primitive_to_message(request)
+    fragments = list(message.encode_msg(assoc.accepted_contexts[0].context_id, 4096))
+    for pdata in fragments[: len(fragments) // 2]:
+        assoc.dul.send_pdu(pdata)
+    time.sleep(0.5)
+    assoc.abort()
+    time.sleep(0.5)
+    assert listener.archive.index.count_instances() == 0
+    assert list(listener.archive.blobs.staging_dir.iterdir()) == []
+    assert set(Path(tempfile.gettempdir()).glob("tmp*.dcm")) - before == set()
+    # The node stays up and takes the same object whole.
+    assert store_status(listener, CT) == 0x0000
