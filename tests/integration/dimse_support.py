@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import socket
 import subprocess
 import threading
@@ -78,8 +79,14 @@ def start_listener(tmp_path: Path, **dimse: Any) -> Iterator[Listener]:
         archive.close()
 
 
+def tool(name: str) -> str:
+    """DCMTK's program (pynetdicom installs apps of the same names, e.g. storescu, into the venv)."""
+    return shutil.which(name, path="/usr/bin:/usr/local/bin") or name
+
+
 def dcmtk(*args: str | Path, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(a) for a in args], capture_output=True, text=True, timeout=timeout, check=False)
+    command = [tool(str(args[0])), *(str(a) for a in args[1:])]
+    return subprocess.run(command, capture_output=True, text=True, timeout=timeout, check=False)
 
 
 def sop_instance_uid(path: Path) -> str:

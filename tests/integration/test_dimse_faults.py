@@ -69,8 +69,12 @@ def send_raw(listener: Listener, sop_class: str, sop_instance: str, syntax: str,
         request.AffectedSOPInstanceUID = sop_instance
         request.Priority = 2
         request.DataSet = io.BytesIO(data_set)
+        assoc._reactor_checkpoint.clear()  # as send_c_store does: the reactor must not take the reply
+        while not assoc._is_paused:
+            time.sleep(0.0001)
         assoc.dimse.send_msg(request, assoc.accepted_contexts[0].context_id)
         _, response = assoc.dimse.get_msg(block=True)
+        assoc._reactor_checkpoint.set()
         return int(response.Status)
     finally:
         assoc.release()

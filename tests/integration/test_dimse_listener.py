@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from dimse_support import AE_TITLE, CORPUS, dcmtk, free_port
+from dimse_support import AE_TITLE, CORPUS, dcmtk, free_port, tool
 
 
 def test_listener_processes_share_the_port_and_stop_on_sigterm(tmp_path: Path) -> None:
@@ -29,7 +29,7 @@ def test_listener_processes_share_the_port_and_stop_on_sigterm(tmp_path: Path) -
             time.sleep(0.2)
         files = sorted((CORPUS / "modality" / "ct").glob("*.dcm"))
         results = [
-            subprocess.Popen(["dcmsend", "-dn", "-aec", AE_TITLE, "127.0.0.1", str(port), str(f)]) for f in files
+            subprocess.Popen([tool("dcmsend"), "-dn", "-aec", AE_TITLE, "127.0.0.1", str(port), str(f)]) for f in files
         ]
         assert [p.wait(60) for p in results] == [0] * len(files)
         children = subprocess.run(["pgrep", "-P", str(supervisor.pid)], capture_output=True, text=True, check=False)

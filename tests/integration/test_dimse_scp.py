@@ -21,6 +21,7 @@ from dimse_support import (
     sop_instance_uid,
     start_listener,
     stored,
+    tool,
 )
 from pynetdicom import evt
 
@@ -81,7 +82,7 @@ def reference_receipt(tmp_path: Path, files: list[Path]) -> dict[str, bytes]:
     port = free_port()
     out = tmp_path / "reference"
     out.mkdir()
-    with subprocess.Popen(["storescp", "+B", "+xa", "-od", str(out), "-aet", "REF", str(port)]) as receiver:
+    with subprocess.Popen([tool("storescp"), "+B", "+xa", "-od", str(out), "-aet", "REF", str(port)]) as receiver:
         try:
             time.sleep(0.5)
             send_as_stored(port, "REF", files)
@@ -228,7 +229,7 @@ def test_movescu_to_storescp_and_unknown_destination(tmp_path: Path) -> None:
     for node in start_listener(tmp_path, remotes=remotes):
         send_as_stored(node.port, AE_TITLE, files)
         # storescp accepts only uncompressed syntaxes by default: the JPEG-LS object goes decoded.
-        with subprocess.Popen(["storescp", "+B", "-od", str(out), "-aet", "DEST", str(port)]) as receiver:
+        with subprocess.Popen([tool("storescp"), "+B", "-od", str(out), "-aet", "DEST", str(port)]) as receiver:
             try:
                 time.sleep(0.5)
                 for path in files:
