@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import json
+import shutil
 import signal
 import socket
 import subprocess
@@ -65,6 +66,11 @@ class Peer:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
 
 
+def tool(name: str) -> str:
+    """DCMTK's program: pynetdicom installs apps of the same names (storescu, storescp, …) in the venv."""
+    return shutil.which(name, path="/usr/bin:/usr/local/bin") or name
+
+
 def _spawn(command: Sequence[str], folder: Path, log: Path) -> subprocess.Popen[bytes]:
     with log.open("ab") as out:
         return subprocess.Popen(
@@ -106,7 +112,7 @@ def wait_for_dicom(
         if process.poll() is not None:
             msg = f"peer exited with {process.returncode}: {log.read_text(errors='replace')[-2000:]}"
             raise RuntimeError(msg)
-        echo = ["echoscu", "-to", "2", "-aet", "PROBE", "-aec", ae_title, LOOPBACK, str(port)]
+        echo = [tool("echoscu"), "-to", "2", "-aet", "PROBE", "-aec", ae_title, LOOPBACK, str(port)]
         if subprocess.run(echo, capture_output=True, timeout=20, check=False).returncode == 0:
             return
         time.sleep(0.1)
@@ -140,7 +146,7 @@ def storescp(tmp: Path, ae_title: str = "STORESCP", *, accept_all: bool = True) 
     received.mkdir(parents=True)
     port = free_port()
     log = folder / "storescp.log"
-    command = ["storescp", "--bit-preserving", "-aet", ae_title, "-od", str(received), "--unique-filenames"]
+    command = [tool("storescp"), "--bit-preserving", "-aet", ae_title, "-od", str(received), "--unique-filenames"]
     if accept_all:
         command.append("--accept-all")
     process = _spawn([*command, str(port)], folder, log)
@@ -170,7 +176,7 @@ def dcmqrscp(tmp: Path, ae_title: str = "QRSCP", *, known: Mapping[str, int] | N
     )
     log = folder / "dcmqrscp.log"
     # Not --single-process: Debian's build segfaults there once the first association ends.
-    process = _spawn(["dcmqrscp", "-c", str(config)], folder, log)
+    process = _spawn([tool("dcmqrscp"), "-c", str(config)], folder, log)
     wait_for_dicom(process, ae_title, port, log)
     with _running(Peer(ae_title, port, database, process, log)) as peer:
         yield peer
@@ -179,7 +185,7 @@ def dcmqrscp(tmp: Path, ae_title: str = "QRSCP", *, known: Mapping[str, int] | N
 def load_with_storescu(peer: Peer, files: Sequence[Path]) -> None:
     """Store files into a peer with DCMTK storescu (uncompressed transfer syntaxes)."""
     subprocess.run(
-        ["storescu", "-aet", "LOADER", "-aec", peer.ae_title, LOOPBACK, str(peer.port), *map(str, files)],
+        [tool("storescu"), "-aet", "LOADER", "-aec", peer.ae_title, LOOPBACK, str(peer.port), *map(str, files)],
         check=True,
         capture_output=True,
         timeout=120,
