@@ -248,3 +248,28 @@ def orthanc_get(peer: Peer, path: str) -> object:
     url = f"http://{LOOPBACK}:{peer.http_port}{path}"
     with urllib.request.urlopen(url, timeout=30) as response:
         return json.loads(response.read())
+
+
+def orthanc_post(peer: Peer, path: str, body: object, *, timeout: float = 120) -> object:
+    """POST to a path of Orthanc's REST API: ``bytes`` as they are (e.g. a DICOM file), else as JSON."""
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    url = f"http://{LOOPBACK}:{peer.http_port}{path}"
+    request = urllib.request.Request(url, data=data, method="POST")
+    request.add_header("Content-Type", "application/dicom" if isinstance(body, bytes) else "application/json")
+    with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310
+        return json.loads(response.read())
+
+
+def orthanc_bytes(peer: Peer, path: str) -> bytes:
+    """GET a path of Orthanc's REST API as raw bytes (e.g. ``/instances/{id}/file``)."""
+    url = f"http://{LOOPBACK}:{peer.http_port}{path}"
+    with urllib.request.urlopen(url, timeout=30) as response:
+        return bytes(response.read())
+
+
+def orthanc_delete(peer: Peer, path: str) -> None:
+    """DELETE a resource through Orthanc's REST API (e.g. ``/instances/{id}``)."""
+    url = f"http://{LOOPBACK}:{peer.http_port}{path}"
+    request = urllib.request.Request(url, method="DELETE")
+    with urllib.request.urlopen(request, timeout=30):  # noqa: S310  http on loopback, built above
+        pass
