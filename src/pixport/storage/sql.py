@@ -185,6 +185,8 @@ class SqlIndexStore:
         self.engine = engine
         self.write_engine = write_engine or engine
         self._insert = insert
+        self._study_pks: dict[str, int] = {}
+        self._series_pks: dict[str, int] = {}
 
     def create_schema(self) -> None:
         """Create tables and indexes that do not exist yet."""
@@ -201,9 +203,11 @@ class SqlIndexStore:
     def store_instances(self, batch: Sequence[NewInstance]) -> list[Outcome]:
         """Set-based: a handful of statements per batch, whatever its size.
 
-        Studies and series are created with ``INSERT … ON CONFLICT DO NOTHING`` and looked up
-        again, so concurrent writers (other server processes, PostgreSQL sessions) agree on
-        one row.  Instances likewise; then every offered instance's stored digest decides its
+        Studies, series and instances are created with ``INSERT … ON CONFLICT DO NOTHING
+        RETURNING``; the rows it did not insert are looked up, so concurrent writers (other
+        server processes, PostgreSQL sessions) agree on one row.  Study and series keys are
+        remembered per process once committed (their rows are never deleted), so an instance
+        of a known series costs one INSERT.  Every offered instance's stored digest decides its
         outcome: ours (stored, or identical: duplicate) or another's (conflict, recorded).
         """
         if not batch:
@@ -224,42 +228,45 @@ class SqlIndexStore:
                 {item.series_instance_uid: item for item in batch},
                 lambda item: self._series_row(item, study_pks[item.study_instance_uid]),
             )
-            offered = [item.sop_instance_uid for item in batch]
-            before = self._digests(conn, offered)
-            new_rows: dict[str, dict[str, Any]] = {}
+            offered: dict[str, dict[str, Any]] = {}
             for item in batch:
-                if item.sop_instance_uid not in before and item.sop_instance_uid not in new_rows:
-                    new_rows[item.sop_instance_uid] = self._instance_row(
+                if item.sop_instance_uid not in offered:
+                    offered[item.sop_instance_uid] = self._instance_row(
                         item, series_pks[item.series_instance_uid], study_pks[item.study_instance_uid], now
                     )
-            if new_rows:
-                conn.execute(self._insert(instances).on_conflict_do_nothing(), list(new_rows.values()))
-            after = self._digests(conn, list(new_rows)) if new_rows else {}
+            stmt = self._insert(instances).on_conflict_do_nothing().returning(instances.c.sop_instance_uid)
+            inserted = set(conn.execute(stmt, list(offered.values())).scalars())
+            existing = [uid for uid in offered if uid not in inserted]
+            stored_before = self._digests(conn, existing) if existing else {}
             outcomes: list[Outcome] = []
-            claimed: set[str] = set()
+            ours: dict[str, str] = {}  # inserted now: uid -> the digest of its first offer
             conflict_rows = []
             for item in batch:
                 uid = item.sop_instance_uid
-                stored = before.get(uid) or after.get(uid)
-                if stored != item.digest:
-                    outcomes.append(Outcome.CONFLICT)
-                    conflict_rows.append(
-                        {
-                            "sop_instance_uid": uid,
-                            "stored_digest": stored or "",
-                            "offered_digest": item.digest,
-                            "source": item.source,
-                            "received_at": now,
-                        }
-                    )
-                elif uid in before or uid in claimed:
-                    outcomes.append(Outcome.DUPLICATE)
-                else:
-                    claimed.add(uid)
+                if uid in inserted and uid not in ours:
+                    ours[uid] = item.digest
                     outcomes.append(Outcome.STORED)
+                    continue
+                stored = ours.get(uid) or stored_before.get(uid)
+                if stored == item.digest:
+                    outcomes.append(Outcome.DUPLICATE)
+                    continue
+                outcomes.append(Outcome.CONFLICT)
+                conflict_rows.append(
+                    {
+                        "sop_instance_uid": uid,
+                        "stored_digest": stored or "",
+                        "offered_digest": item.digest,
+                        "source": item.source,
+                        "received_at": now,
+                    }
+                )
             if conflict_rows:
                 conn.execute(conflicts.insert(), conflict_rows)
-            return outcomes
+        # Committed: these rows exist for good (studies and series are never deleted).
+        self._study_pks.update(study_pks)
+        self._series_pks.update(series_pks)
+        return outcomes
 
     def _ensure(
         self,
@@ -270,13 +277,15 @@ class SqlIndexStore:
         make_row: Callable[[NewInstance], dict[str, Any]],
     ) -> dict[str, int]:
         """UID -> pk for every wanted UID, inserting the missing rows."""
-        found: dict[str, int] = dict(
-            conn.execute(select(uid_column, table.c.pk).where(uid_column.in_(list(wanted)))).all()
-        )
+        known = self._study_pks if table is studies else self._series_pks
+        found = {uid: known[uid] for uid in wanted if uid in known}
         missing = [make_row(item) for uid, item in wanted.items() if uid not in found]
-        if missing:
-            conn.execute(self._insert(table).on_conflict_do_nothing(), missing)
-            rest = [uid for uid in wanted if uid not in found]
+        if not missing:
+            return found
+        stmt = self._insert(table).on_conflict_do_nothing().returning(uid_column, table.c.pk)
+        found.update(dict(conn.execute(stmt, missing).all()))
+        rest = [uid for uid in wanted if uid not in found]
+        if rest:
             found.update(dict(conn.execute(select(uid_column, table.c.pk).where(uid_column.in_(rest))).all()))
         return found
 
