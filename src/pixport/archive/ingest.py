@@ -8,6 +8,7 @@ transaction, and only then report.  A crash before the index commit leaves orpha
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -109,6 +110,22 @@ class IngestPipeline:
             staging.abort()
             raise
         return staging.finish()
+
+    def adopt_file(self, path: Path) -> StagedFile:
+        """Take a complete file that was written in the staging area as it is: hash it, no copy.
+
+        The DICOM listener has pynetdicom write each incoming data set there; ``commit`` then
+        renames it into the blob store, or ``discard`` deletes it.
+        """
+        size = path.stat().st_size
+        if size > self.limits.max_object_bytes:
+            msg = f"object is larger than {self.limits.max_object_bytes} bytes"
+            raise LimitExceeded(msg)
+        sha = hashlib.sha256()
+        with path.open("rb") as stream:
+            while chunk := stream.read(COPY_CHUNK):
+                sha.update(chunk)
+        return StagedFile(path, sha.hexdigest(), size)
 
     def ingest_paths(self, paths: Sequence[Path], source: str = "") -> list[InstanceResult]:
         """Ingest files already on disk (media import): each is copied, never moved."""

@@ -18,6 +18,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from types import FrameType
 
@@ -71,6 +72,10 @@ def serve(settings: Settings) -> None:
     from pixport.wiring import build_archive  # noqa: PLC0415
 
     archive = build_archive(settings)
+    # pynetdicom writes each incoming data set to a temporary file: in the staging area, the
+    # C-STORE handler hashes it there and the blob store renames it, instead of a copy.  This
+    # process serves DICOM only, so the process-wide default is ours to set.
+    tempfile.tempdir = str(archive.blobs.staging_dir.absolute())
     server = make_server(archive, settings)
     log = structlog.get_logger(__name__)
     log.info(

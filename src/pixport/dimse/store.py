@@ -1,9 +1,11 @@
 """C-STORE SCP: each received data set goes through the archive's one ingest pipeline.
 
 pynetdicom writes the incoming data set, with File Meta built from the request and the
-presentation context, to a temporary file as it arrives (``STORE_RECV_CHUNKED_DATASET``).  The
-handler copies it into the archive's staging area (hashing and size-limiting it), parses it,
-checks it against the request, makes it durable and indexes it, and only then answers.
+presentation context, to a temporary file as it arrives (``STORE_RECV_CHUNKED_DATASET``).  In
+the listener that file is already in the archive's staging area (``serve`` points pynetdicom's
+temporary directory there) and is hashed and size-checked in place; elsewhere the handler copies
+it into the staging area.  Then it parses it, checks it against the request, makes it durable
+and indexes it, and only then answers.
 """
 
 from __future__ import annotations
@@ -64,8 +66,11 @@ def handle_c_store(event: Any, archive: Archive) -> Dataset:
 
 
 def _store(ingest: IngestPipeline, path: Path, request: Any, source: str) -> Dataset:
-    with path.open("rb") as stream:
-        staged = ingest.stage_stream(stream)
+    if path.parent == ingest.blobs.staging_dir.absolute():
+        staged = ingest.adopt_file(path)  # the listener has pynetdicom write into staging
+    else:
+        with path.open("rb") as stream:
+            staged = ingest.stage_stream(stream)
     examined = ingest.examine(staged)
     result = examined.result
     if examined.parsed is None:
