@@ -120,9 +120,14 @@ def test_disk_full_is_a700_and_the_node_stays_up(small_disk: Path) -> None:  # n
         assert dcmtk("echoscu", "-aec", AE_TITLE, "127.0.0.1", node.port).returncode == 0
 
 
-def test_abort_mid_transfer_leaves_nothing_behind(listener: Listener) -> None:
+def test_abort_mid_transfer_leaves_nothing_behind(
+    listener: Listener, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A scripted SCU sends the command and part of a data set, then aborts (pynetdicom parrot style)."""
-    before = set(Path(tempfile.gettempdir()).glob("tmp*.dcm"))
+    # pynetdicom's partial file goes to this test's own folder: /tmp is shared with parallel tests.
+    pynetdicom_tmp = tmp_path / "pynetdicom-tmp"
+    pynetdicom_tmp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(pynetdicom_tmp))
     ds = pydicom.dcmread(CT)
     buffer = io.BytesIO()
     pydicom.dcmwrite(buffer, ds, enforce_file_format=False)
@@ -144,10 +149,11 @@ def test_abort_mid_transfer_leaves_nothing_behind(listener: Listener) -> None:
     for pdata in fragments[: len(fragments) // 2]:
         assoc.dul.send_pdu(pdata)
     time.sleep(0.5)
+    assert list(pynetdicom_tmp.iterdir()), "the partial data set should be on disk before the abort"
     assoc.abort()
     time.sleep(0.5)
     assert listener.archive.index.count_instances() == 0
     assert list(listener.archive.blobs.staging_dir.iterdir()) == []
-    assert set(Path(tempfile.gettempdir()).glob("tmp*.dcm")) - before == set()
+    assert list(pynetdicom_tmp.iterdir()) == []
     # The node stays up and takes the same object whole.
     assert store_status(listener, CT) == 0x0000
