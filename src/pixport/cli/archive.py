@@ -16,12 +16,11 @@ import orjson
 import structlog
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from rich.text import Text
 
 from pixport.archive.limits import DEFAULT_BATCH_SIZE, DEFAULT_GRACE_SECONDS
-from pixport.cli.common import settings_from
+from pixport.cli.common import progress_bar, settings_from
 from pixport.config import Settings
 from pixport.wiring import build_archive
 
@@ -69,14 +68,7 @@ def import_media(
     from pixport.archive.media import MediaImporter  # noqa: PLC0415
 
     try:
-        with Progress(
-            TextColumn("[progress.description]{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            console=Console(stderr=True),
-            transient=True,
-        ) as progress:
+        with progress_bar() as progress:
             task = progress.add_task("Importing", total=None)
 
             def on_progress(done: int, total: int) -> None:

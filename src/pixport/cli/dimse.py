@@ -19,11 +19,10 @@ import orjson
 import structlog
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from rich.text import Text
 
-from pixport.cli.common import settings_from
+from pixport.cli.common import progress_bar, settings_from
 from pixport.config import Settings
 from pixport.errors import BadQuery
 
@@ -64,17 +63,6 @@ def _logs_to_stderr() -> None:
 
 def _stdout() -> Console:
     return Console(highlight=False, soft_wrap=False)
-
-
-def _progress() -> Progress:
-    return Progress(
-        TextColumn("[progress.description]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=Console(stderr=True),
-        transient=True,
-    )
 
 
 @dimse_app.command("echo")
@@ -118,7 +106,7 @@ def send(
             files.append(source.path)
         else:
             skipped.append({"source": source.name, "reason": reason})
-    with _progress() as progress:
+    with progress_bar() as progress:
         task = progress.add_task(f"Sending to {node.ae_title}", total=len(files))
         results = scu.send(settings, node, files, on_result=lambda _r: progress.advance(task))
     summary = _send_summary(scu.describe(node), results, skipped)
