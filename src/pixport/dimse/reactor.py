@@ -1,0 +1,267 @@
+"""Event-driven loops for pynetdicom's associations, instead of sleep-and-poll.
+
+Each pynetdicom association runs two threads that poll: the DUL reactor checks its socket and
+its queues and sleeps ``_run_loop_delay`` when nothing happened, and the association reactor
+sleeps 1 ms before every look at the DIMSE message queue.  A C-STORE passes through both loops
+several times (request command, data set, response), so those sleeps were about half of the
+time of a small C-STORE on one association (docs/performance.md).
+
+Here both loops block until there is work instead:
+
+- the DUL reactor waits in ``select`` on its socket and on a wake-up socket pair, which is
+  written whenever another thread queues a primitive or an event for it;
+- the association reactor waits on an event set whenever a DIMSE message or an upper-layer
+  primitive (release, abort) is queued for it.
+
+Both still wake every ``IDLE_CHECK`` seconds to run their timers (ARTIM, network timeout).
+The state machine, the PDU and DIMSE codecs and every service stay pynetdicom's own.
+
+``install()`` puts these loops in place for every association of the process: it replaces the
+two provider classes that ``Association.__init__`` instantiates and the acceptor/requestor
+reactor method.  That reaches into pynetdicom's internals, so the version is pinned
+(constraints.txt) and ``install`` refuses any other: the loops below mirror pynetdicom 3.0's own.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import queue
+import select
+import socket
+import ssl
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import pynetdicom
+from pynetdicom import association as pynetdicom_association
+from pynetdicom import evt
+from pynetdicom.dimse import DIMSEServiceProvider
+from pynetdicom.dul import DULServiceProvider
+from pynetdicom.pdu import A_ABORT_RQ
+
+SUPPORTED_PYNETDICOM = "3.0."
+# Seconds either loop waits at most when nothing arrives, to look at its timers.
+IDLE_CHECK = 0.05
+
+LOGGER = logging.getLogger("pynetdicom.dul")
+
+
+class WakingQueue(queue.Queue[Any]):
+    """A queue that calls ``on_put`` after every put, to wake the thread that consumes it."""
+
+    def __init__(self, on_put: Callable[[], None]) -> None:
+        super().__init__()
+        self._on_put = on_put
+
+    def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:  # noqa: FBT001, FBT002  queue.Queue's signature
+        super().put(item, block, timeout)
+        self._on_put()
+
+
+class EventDrivenDUL(DULServiceProvider):
+    """The DICOM upper layer, its reactor blocking in ``select`` until there is work."""
+
+    def __init__(self, assoc: Any) -> None:
+        super().__init__(assoc)
+        self._wake_lock = threading.Lock()
+        receive, send = socket.socketpair()
+        receive.setblocking(False)  # noqa: FBT003  socket API
+        send.setblocking(False)  # noqa: FBT003
+        self._wake_receive: socket.socket | None = receive
+        self._wake_send: socket.socket | None = send
+        # Set when something is queued for the association's reactor (see WakingDIMSE too).
+        self.user_wake = threading.Event()
+        self.to_provider_queue = WakingQueue(self.wake)
+        self.event_queue = WakingQueue(self.wake)
+        self.to_user_queue = WakingQueue(self.user_wake.set)
+
+    def wake(self) -> None:
+        """Make the reactor look at its queues now (a no-op from the reactor's own thread)."""
+        if threading.get_ident() == self.ident:
+            return
+        with self._wake_lock:
+            if self._wake_send is not None:
+                # A full buffer means a wake-up is already pending.
+                with contextlib.suppress(OSError):
+                    self._wake_send.send(b"\0")
+
+    def kill_dul(self) -> None:
+        super().kill_dul()
+        self.wake()
+
+    def stop_dul(self) -> bool:
+        if self.state_machine.current_state == "Sta1":
+            self._kill_thread = True
+            self.wake()
+            if threading.current_thread() is not self:
+                self.join()
+            return True
+        return False
+
+    def _wait_for_work(self) -> None:
+        """Block until the socket has data, a wake-up arrives, or IDLE_CHECK passes."""
+        if self.to_provider_queue.qsize() or self.event_queue.qsize():
+            return
+        receive = self._wake_receive
+        if receive is None:
+            return
+        watched: list[Any] = [receive]
+        transport = self.socket.socket if self.socket is not None else None
+        if transport is not None:
+            if isinstance(transport, ssl.SSLSocket) and transport.pending():
+                return  # decrypted bytes already buffered: select would not see them
+            if transport.fileno() >= 0:
+                watched.append(transport)
+        try:
+            ready, _, _ = select.select(watched, [], [], IDLE_CHECK)
+        except (OSError, ValueError):
+            return  # the socket was closed under us: the loop's own checks handle it
+        if receive in ready:
+            with contextlib.suppress(OSError):
+                while receive.recv(4096):
+                    pass
+
+    def run_reactor(self) -> None:
+        """The DUL loop of pynetdicom, with ``_wait_for_work`` in place of its sleep."""
+        self._idle_timer.start()
+        idle = False
+        try:
+            while True:
+                if not self.assoc._dul_ready.is_set():  # noqa: SLF001  pynetdicom's handshake
+                    self.assoc._dul_ready.set()  # noqa: SLF001
+                if idle:
+                    self._wait_for_work()
+                if self._kill_thread:
+                    break
+                if self.artim_timer.expired:
+                    self.event_queue.put("Evt18")
+                try:
+                    if self._process_recv_primitive():
+                        pass
+                    elif self._is_transport_event():
+                        self._idle_timer.restart()
+                except Exception as exc:  # noqa: BLE001  as pynetdicom: any failure aborts
+                    self._abort_on_exception(exc)
+                    return
+                try:
+                    event = self.event_queue.get(block=False)
+                except queue.Empty:
+                    idle = True
+                    continue
+                self.state_machine.do_action(event)
+                idle = False
+        finally:
+            self._close_wake_sockets()
+            self.user_wake.set()  # the association's reactor notices the DUL has ended
+
+    def _abort_on_exception(self, exc: Exception) -> None:
+        """As pynetdicom does: A-ABORT straight on the socket, both reactors stopped."""
+        # The type only: a decoder's message may quote received data.
+        LOGGER.error("%s in the DUL reactor, aborting the association", type(exc).__name__)
+        abort_pdu = A_ABORT_RQ()
+        abort_pdu.source = 0x02
+        abort_pdu.reason_diagnostic = 0x00
+        if self.socket is not None:
+            with contextlib.suppress(OSError):
+                self.socket.send(abort_pdu.encode())
+        self.assoc.is_aborted = True
+        self.assoc.is_established = False
+        self.assoc._kill = True  # noqa: SLF001
+        self._kill_thread = True
+
+    def _close_wake_sockets(self) -> None:
+        with self._wake_lock:
+            for end in (self._wake_receive, self._wake_send):
+                if end is not None:
+                    end.close()
+            self._wake_receive = None
+            self._wake_send = None
+
+
+class WakingDIMSE(DIMSEServiceProvider):
+    """The DIMSE provider, waking the association's reactor when a message is complete."""
+
+    def __init__(self, assoc: Any) -> None:
+        super().__init__(assoc)
+        self.msg_queue = WakingQueue(assoc.dul.user_wake.set)
+
+
+def run_association_reactor(self: Any) -> None:
+    """The association loop of pynetdicom (acceptor and requestor), waiting on an event.
+
+    While it waits it counts as paused: a ``send_*`` call from another thread may go ahead at
+    once, and the checkpoint below stops the loop before it touches a queue.
+    """
+    wake: threading.Event = self.dul.user_wake
+    idle = False
+    while not self._kill:
+        self._is_paused = True
+        if idle:
+            wake.wait(IDLE_CHECK)
+            wake.clear()
+        self._reactor_checkpoint.wait()
+        self._is_paused = False
+        idle = True
+
+        context_id, msg = self.dimse.get_msg(block=False)
+        if msg:
+            self._serve_request(msg, context_id)
+            idle = False
+
+        if self.is_established and self.acse.is_release_requested():
+            self.acse.send_release(is_response=True)
+            LOGGER.info("Association Released")
+            self.is_released = True
+            self.is_established = False
+            evt.trigger(self, evt.EVT_RELEASED, {})
+            self.kill()
+            return
+
+        if self.acse.is_aborted():
+            LOGGER.info("Association Aborted")
+            self.dul.receive_pdu(wait=False)  # EVT_ACSE_RECV fires for subscribers
+            self.is_aborted = True
+            self.is_established = False
+            evt.trigger(self, evt.EVT_ABORTED, {})
+            self.kill()
+            return
+
+        if not self.dul.is_alive():
+            self.kill()
+            return
+
+        if self.dul.idle_timer_expired():
+            LOGGER.error("Network timeout reached")
+            if self.network_timeout_response == "A-RELEASE":
+                self._is_paused = True
+                self._reactor_checkpoint.wait()
+                self.release()
+                self._is_paused = False
+            else:
+                self.abort()
+            self.kill()
+            return
+
+
+_installed = False
+_install_lock = threading.Lock()
+
+
+def install() -> None:
+    """Use the event-driven loops for every association created from now on; idempotent."""
+    global _installed  # noqa: PLW0603  one process-wide switch
+    with _install_lock:
+        if _installed:
+            return
+        if not pynetdicom.__version__.startswith(SUPPORTED_PYNETDICOM):
+            msg = (
+                f"pixport.dimse.reactor mirrors pynetdicom {SUPPORTED_PYNETDICOM}x, "
+                f"found {pynetdicom.__version__}: review the loops before changing the pin"
+            )
+            raise RuntimeError(msg)
+        pynetdicom_association.DULServiceProvider = EventDrivenDUL  # type: ignore[attr-defined]
+        pynetdicom_association.DIMSEServiceProvider = WakingDIMSE  # type: ignore[attr-defined]
+        pynetdicom_association.Association._run_reactor = run_association_reactor  # type: ignore[method-assign]  # noqa: SLF001
+        _installed = True

@@ -1,0 +1,91 @@
+"""The event-driven association loops (pixport.dimse.reactor) with real peers."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from dimse_support import AE_TITLE, CORPUS, Listener, dcmtk, start_listener
+from pynetdicom import AE, evt
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+
+from pixport.dimse import reactor
+from pixport.dimse.network import configure_pynetdicom
+
+SMALL = CORPUS / "charset" / "chrFren_latin1.dcm"
+
+
+@pytest.fixture
+def listener(tmp_path: Path) -> Iterator[Listener]:
+    yield from start_listener(tmp_path)
+
+
+def open_fds() -> int:
+    return len(list(Path("/proc/self/fd").iterdir()))
+
+
+def test_accepted_and_requested_associations_use_the_event_driven_loops(listener: Listener) -> None:
+    accepted: list[Any] = []
+    listener.server.bind(evt.EVT_ESTABLISHED, lambda event: accepted.append(event.assoc))
+    configure_pynetdicom()
+    ae = AE(ae_title="REACTORTEST")
+    ae.add_requested_context(Verification)
+    assoc = ae.associate("127.0.0.1", listener.port, ae_title=AE_TITLE)
+    try:
+        assert assoc.is_established
+        assert isinstance(assoc.dul, reactor.EventDrivenDUL)
+        assert isinstance(assoc.dimse, reactor.WakingDIMSE)
+        assert assoc.send_c_echo().Status == 0
+    finally:
+        assoc.release()
+    assert len(accepted) == 1
+    assert isinstance(accepted[0].dul, reactor.EventDrivenDUL)
+
+
+def test_an_idle_association_waits_instead_of_polling(listener: Listener) -> None:
+    """Over half a second of silence the DUL loop wakes about every IDLE_CHECK, not every ms."""
+    configure_pynetdicom()
+    ae = AE(ae_title="REACTORTEST")
+    ae.add_requested_context(Verification)
+    assoc = ae.associate("127.0.0.1", listener.port, ae_title=AE_TITLE)
+    waits = 0
+    original = assoc.dul._wait_for_work
+
+    def counting() -> None:
+        nonlocal waits
+        waits += 1
+        original()
+
+    try:
+        assert assoc.is_established
+        assoc.dul._wait_for_work = counting
+        threading.Event().wait(0.5)
+        assert assoc.send_c_echo().Status == 0  # and it still answers at once when asked
+    finally:
+        assoc.release()
+    assert 0 < waits < 0.5 / reactor.IDLE_CHECK * 3
+
+
+def test_many_associations_leave_no_descriptor_behind(listener: Listener) -> None:
+    """Each association's wake-up socket pair is closed when its loop ends."""
+    result = dcmtk("storescu", "-aec", AE_TITLE, "127.0.0.1", listener.port, SMALL)
+    assert result.returncode == 0, result.stderr
+    before = open_fds()
+    for _ in range(20):
+        result = dcmtk("storescu", "-aec", AE_TITLE, "127.0.0.1", listener.port, SMALL)
+        assert result.returncode == 0, result.stderr
+    for _ in range(100):
+        if not [t for t in threading.enumerate() if "Acceptor" in t.name]:
+            break
+        threading.Event().wait(0.05)
+    assert open_fds() <= before + 2
+
+
+def test_install_refuses_another_pynetdicom(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(reactor, "_installed", False)
+    monkeypatch.setattr(reactor.pynetdicom, "__version__", "9.9.9")
+    with pytest.raises(RuntimeError, match=r"pynetdicom 3\.0\.x, found 9\.9\.9"):
+        reactor.install()
