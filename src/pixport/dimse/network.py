@@ -15,7 +15,7 @@ from typing import Any
 from pynetdicom import _config, evt
 
 from pixport.config import DimseSettings, RemoteNode
-from pixport.dimse import reactor
+from pixport.dimse import commandset, reactor
 from pixport.errors import ConfigurationError
 
 
@@ -30,6 +30,7 @@ def configure_pynetdicom() -> None:
     _config.LOG_RESPONSE_IDENTIFIERS = False
     _config.STORE_RECV_CHUNKED_DATASET = True
     reactor.install()
+    commandset.install()
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)
 
 

@@ -11,7 +11,13 @@ Here both loops block until there is work instead:
 - the DUL reactor waits in ``select`` on its socket and on a wake-up socket pair, which is
   written whenever another thread queues a primitive or an event for it;
 - the association reactor waits on an event set whenever a DIMSE message or an upper-layer
-  primitive (release, abort) is queued for it.
+  primitive (release, abort) is queued for it;
+- a P-DATA fragment (a piece of a DIMSE message) is sent by the thread that produced it, when
+  the association is established and nothing is queued ahead of it, instead of being handed
+  to the DUL thread: one thread switch less per C-STORE response, and none per fragment when
+  we send data sets (C-STORE as a client, C-GET and C-MOVE sub-operations).  A lock keeps
+  those sends and every state-machine action apart, so PDUs never interleave or reorder.  Not
+  over TLS: one SSL connection must not be read and written from two threads at once.
 
 Both still wake every ``IDLE_CHECK`` seconds to run their timers (ARTIM, network timeout).
 The state machine, the PDU and DIMSE codecs and every service stay pynetdicom's own.
@@ -39,7 +45,8 @@ from pynetdicom import association as pynetdicom_association
 from pynetdicom import evt
 from pynetdicom.dimse import DIMSEServiceProvider
 from pynetdicom.dul import DULServiceProvider
-from pynetdicom.pdu import A_ABORT_RQ
+from pynetdicom.pdu import A_ABORT_RQ, P_DATA_TF
+from pynetdicom.pdu_primitives import P_DATA
 
 SUPPORTED_PYNETDICOM = "3.0."
 # Seconds either loop waits at most when nothing arrives, to look at its timers.
@@ -66,6 +73,8 @@ class EventDrivenDUL(DULServiceProvider):
     def __init__(self, assoc: Any) -> None:
         super().__init__(assoc)
         self._wake_lock = threading.Lock()
+        # Held by every state-machine action and every direct P-DATA send (see the module doc).
+        self._send_lock = threading.RLock()
         receive, send = socket.socketpair()
         receive.setblocking(False)  # noqa: FBT003  socket API
         send.setblocking(False)  # noqa: FBT003
@@ -86,6 +95,19 @@ class EventDrivenDUL(DULServiceProvider):
                 # A full buffer means a wake-up is already pending.
                 with contextlib.suppress(OSError):
                     self._wake_send.send(b"\0")
+
+    def send_pdu(self, primitive: Any) -> None:
+        """Send a P-DATA fragment at once when nothing is ahead of it; queue anything else."""
+        if isinstance(primitive, P_DATA) and self._direct_send_possible():
+            with self._send_lock:
+                if self.state_machine.current_state == "Sta6" and not self.to_provider_queue.qsize():
+                    self._send(P_DATA_TF(primitive))
+                    return
+        super().send_pdu(primitive)
+
+    def _direct_send_possible(self) -> bool:
+        transport = self.socket.socket if self.socket is not None else None
+        return transport is not None and not isinstance(transport, ssl.SSLSocket)
 
     def kill_dul(self) -> None:
         super().kill_dul()
@@ -150,7 +172,8 @@ class EventDrivenDUL(DULServiceProvider):
                 except queue.Empty:
                     idle = True
                     continue
-                self.state_machine.do_action(event)
+                with self._send_lock:
+                    self.state_machine.do_action(event)
                 idle = False
         finally:
             self._close_wake_sockets()
