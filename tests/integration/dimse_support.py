@@ -67,7 +67,7 @@ def start_listener(tmp_path: Path, **dimse: Any) -> Iterator[Listener]:
     options.update(dimse)
     settings = load_settings(storage={"data_dir": tmp_path / "pixport"}, dimse=options)
     archive = build_archive(settings)
-    server = make_server(archive, settings, reuse_port=False)
+    server = make_server(archive, settings)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:

@@ -1,4 +1,4 @@
-"""The listener as a deployment runs it: several processes sharing one port (SO_REUSEPORT)."""
+"""The listener as a deployment runs it: several processes sharing one listening socket."""
 
 from __future__ import annotations
 
@@ -6,27 +6,59 @@ import os
 import signal
 import subprocess
 import sys
-import time
+import threading
 from pathlib import Path
 
 from dimse_support import AE_TITLE, CORPUS, dcmtk, free_port, tool
+from pynetdicom import AE
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 
-def test_listener_processes_share_the_port_and_stop_on_sigterm(tmp_path: Path) -> None:
-    port = free_port()
+def start_supervisor(tmp_path: Path, port: int, workers: int) -> subprocess.Popen[str]:
     environment = {
         **os.environ,
         "PIXPORT_STORAGE__DATA_DIR": str(tmp_path / "data"),
         "PIXPORT_DIMSE__PORT": str(port),
-        "PIXPORT_DIMSE__WORKERS": "2",
+        "PIXPORT_DIMSE__WORKERS": str(workers),
         "PIXPORT_DIMSE__ALLOW_ANY_CALLER": "true",
     }
-    supervisor = subprocess.Popen([sys.executable, "-m", "pixport.dimse.listener"], env=environment)
+    supervisor = subprocess.Popen(
+        [sys.executable, "-m", "pixport.dimse.listener"], env=environment, stderr=subprocess.PIPE, text=True
+    )
+    assert supervisor.stderr is not None
+    ready = 0
+    for line in supervisor.stderr:  # every worker logs dimse.listening once it accepts
+        ready += "dimse.listening" in line
+        if ready == workers:
+            break
+    assert ready == workers, "listener did not start"
+    threading.Thread(target=supervisor.stderr.read, daemon=True).start()  # keep the pipe drained
+    assert dcmtk("echoscu", "-aec", AE_TITLE, "127.0.0.1", port).returncode == 0
+    return supervisor
+
+
+def stop(supervisor: subprocess.Popen[str]) -> None:
+    supervisor.send_signal(signal.SIGTERM)
+    assert supervisor.wait(20) is not None
+    if supervisor.stderr is not None:
+        supervisor.stderr.close()
+
+
+def serving_processes(port: int) -> list[int]:
+    """The process id behind each established connection to ``port`` (from ``ss``)."""
+    listing = subprocess.run(
+        ["ss", "-Htnp", "state", "established", "(", "sport", "=", f":{port}", ")"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return sorted(int(part.split(",")[0]) for part in listing.split("pid=")[1:])
+
+
+def test_listener_processes_share_the_port_and_stop_on_sigterm(tmp_path: Path) -> None:
+    port = free_port()
+    supervisor = start_supervisor(tmp_path, port, workers=2)
     try:
-        deadline = time.monotonic() + 30
-        while dcmtk("echoscu", "-aec", AE_TITLE, "127.0.0.1", port).returncode != 0:
-            assert time.monotonic() < deadline, "listener did not start"
-            time.sleep(0.2)
         files = sorted((CORPUS / "modality" / "ct").glob("*.dcm"))
         results = [
             subprocess.Popen([tool("dcmsend"), "-dn", "-aec", AE_TITLE, "127.0.0.1", str(port), str(f)]) for f in files
@@ -35,5 +67,34 @@ def test_listener_processes_share_the_port_and_stop_on_sigterm(tmp_path: Path) -
         children = subprocess.run(["pgrep", "-P", str(supervisor.pid)], capture_output=True, text=True, check=False)
         assert len(children.stdout.split()) == 2
     finally:
-        supervisor.send_signal(signal.SIGTERM)
-        assert supervisor.wait(20) is not None
+        stop(supervisor)
+
+
+def test_open_associations_are_spread_over_the_processes(tmp_path: Path) -> None:
+    """Two associations open at once go to two processes, four to two each: none sits idle."""
+    port = free_port()
+    supervisor = start_supervisor(tmp_path, port, workers=2)
+    ae = AE(ae_title="SPREAD")
+    ae.add_requested_context(Verification)
+    associations = []
+    try:
+        workers = set(
+            map(
+                int,
+                subprocess.run(
+                    ["pgrep", "-P", str(supervisor.pid)], capture_output=True, text=True, check=True
+                ).stdout.split(),
+            )
+        )
+        for expected in ([1, 1], [2, 2]):
+            while len(associations) < sum(expected):
+                assoc = ae.associate("127.0.0.1", port, ae_title=AE_TITLE)
+                assert assoc.is_established
+                associations.append(assoc)
+            pids = serving_processes(port)
+            assert set(pids) == workers
+            assert sorted(pids.count(pid) for pid in workers) == expected
+    finally:
+        for assoc in associations:
+            assoc.release()
+        stop(supervisor)

@@ -1,13 +1,14 @@
-"""Run the DICOM listener, in one process or several sharing the port (SO_REUSEPORT).
+"""Run the DICOM listener, in one process or in several sharing one listening socket.
 
 pynetdicom in one process slows down as associations add threads (the GIL): ``dimse.workers``
-processes each bind the same port and the kernel spreads incoming associations across them.
-``run_listener(settings)`` is the entry point (``pixport dimse serve`` calls it);
-``python -m pixport.dimse.listener`` runs it with settings from the environment and
-``PIXPORT_CONFIG``.  With several workers this process becomes a light supervisor: it creates
-the index schema once, starts each worker as a fresh ``python -m pixport.dimse.listener``
-process with the settings in its environment, restarts a worker that dies, and stops them all
-on SIGTERM or SIGINT.
+processes accept associations from one listening socket, each taking new ones only when it is
+no busier than its siblings (``scp.ListenerServer``).  ``run_listener(settings)`` is the entry
+point (``pixport dimse serve`` calls it); ``python -m pixport.dimse.listener`` runs it with
+settings from the environment and ``PIXPORT_CONFIG``.  With several workers this process
+becomes a light supervisor: it creates the index schema once, binds the port, starts each
+worker as a fresh ``python -m pixport.dimse.listener`` process that inherits the socket and
+gets the settings in its environment, restarts a worker that dies, and stops them all on
+SIGTERM or SIGINT.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -27,6 +29,8 @@ import structlog
 from pixport.config import Settings, load_settings
 
 WORKER_FLAG = "PIXPORT_DIMSE_WORKER"
+LISTEN_FD = "PIXPORT_DIMSE_LISTEN_FD"  # the inherited listening socket's descriptor
+LISTEN_BACKLOG = 128
 RESTART_DELAY = 1.0
 
 
@@ -60,9 +64,6 @@ def run_listener(settings: Settings) -> None:
     if workers == 1 or os.environ.get(WORKER_FLAG) == "1":
         serve(settings)
         return
-    if settings.dimse.port == 0:
-        msg = "dimse.port 0 cannot be shared by several workers; set a port or dimse.workers = 1"
-        raise SystemExit(msg)
     supervise(settings, workers)
 
 
@@ -76,7 +77,9 @@ def serve(settings: Settings) -> None:
     # C-STORE handler hashes it there and the blob store renames it, instead of a copy.  This
     # process serves DICOM only, so the process-wide default is ours to set.
     tempfile.tempdir = str(archive.blobs.staging_dir.absolute())
-    server = make_server(archive, settings)
+    inherited = os.environ.get(LISTEN_FD)
+    shared = socket.socket(fileno=int(inherited)) if inherited else None
+    server = make_server(archive, settings, listen_socket=shared)
     log = structlog.get_logger(__name__)
     log.info(
         "dimse.listening",
@@ -106,10 +109,16 @@ def supervise(settings: Settings, workers: int) -> None:
 
     build_index(settings).close()  # the schema, once, before workers race to create it
     log = structlog.get_logger(__name__)
-    environment = {**os.environ, **settings_environment(settings), WORKER_FLAG: "1"}
+    listening = socket.create_server((settings.dimse.host, settings.dimse.port), backlog=LISTEN_BACKLOG)
+    fd = listening.fileno()
+    environment = {**os.environ, **settings_environment(settings), WORKER_FLAG: "1", LISTEN_FD: str(fd)}
     environment.setdefault("MALLOC_ARENA_MAX", "2")
     command = [sys.executable, "-m", "pixport.dimse.listener"]
-    processes = [subprocess.Popen(command, env=environment) for _ in range(workers)]  # noqa: S603
+
+    def start() -> subprocess.Popen[bytes]:
+        return subprocess.Popen(command, env=environment, pass_fds=(fd,))  # noqa: S603
+
+    processes = [start() for _ in range(workers)]
     stopping = False
 
     def stop(signum: int, frame: FrameType | None) -> None:  # noqa: ARG001
@@ -118,7 +127,8 @@ def supervise(settings: Settings, workers: int) -> None:
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    log.info("dimse.supervisor", workers=workers, port=settings.dimse.port, pid=os.getpid())
+    port = listening.getsockname()[1]
+    log.info("dimse.supervisor", workers=workers, host=settings.dimse.host, port=port, pid=os.getpid())
     try:
         while not stopping:
             time.sleep(0.2)
@@ -126,7 +136,7 @@ def supervise(settings: Settings, workers: int) -> None:
                 if process.poll() is not None and not stopping:
                     log.warning("dimse.worker_exited", pid=process.pid, returncode=process.returncode)
                     time.sleep(RESTART_DELAY)
-                    processes[position] = subprocess.Popen(command, env=environment)  # noqa: S603
+                    processes[position] = start()
     finally:
         for process in processes:
             if process.poll() is None:
@@ -136,6 +146,7 @@ def supervise(settings: Settings, workers: int) -> None:
                 process.wait(10)
             except subprocess.TimeoutExpired:
                 process.kill()
+        listening.close()
 
 
 if __name__ == "__main__":

@@ -9,9 +9,12 @@ selection for the storage sub-operations of C-GET); Storage Commitment Push Mode
 from __future__ import annotations
 
 import socket
+import ssl
+import time
 from functools import partial
 from typing import Any
 
+import structlog
 from pydicom.uid import AllTransferSyntaxes
 from pynetdicom import AE, _config, evt
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
@@ -39,14 +42,82 @@ JPIP_REFERENCED = ["1.2.840.10008.1.2.4.94", "1.2.840.10008.1.2.4.95"]
 STORAGE_TRANSFER_SYNTAXES = [*map(str, AllTransferSyntaxes), *JPIP_REFERENCED]
 NO_CALLER = "-no-caller-allowed-"  # longer than any AE title: matches no calling AE
 
+log = structlog.get_logger(__name__)
 
-class ReusePortAssociationServer(ThreadedAssociationServer):
-    """pynetdicom's threaded server whose socket shares its port with sibling processes."""
+
+class ListenerServer(ThreadedAssociationServer):
+    """pynetdicom's threaded server: TLS handshakes off the accepting thread; a shareable socket.
+
+    pynetdicom wraps each accepted socket in TLS on the one thread that accepts connections,
+    handshake included: a caller that connects and never speaks TLS (a port scan, a plain
+    DICOM peer that waits for a reply) would hold up every other caller.  Here the accepting
+    thread only wraps the socket; the handshake runs on the connection's own thread, bounded
+    by ``acse_timeout``, and a failed one closes that connection only.
+
+    With ``shared_socket`` (the supervisor's listening socket, inherited by every listener
+    process) all the processes wait on one accept queue, and a process already serving
+    associations waits ``BUSY_ACCEPT_DELAY`` per association before it takes a new one, so
+    that an idle sibling takes it first.  The kernel's SO_REUSEPORT hashing, used before,
+    often gave two of four associations to the same process while another stayed idle.
+    """
+
+    shared_socket: socket.socket | None = None
 
     def server_bind(self) -> None:
-        if hasattr(socket, "SO_REUSEPORT") and self.socket is not None:
-            self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        super().server_bind()
+        if self.shared_socket is None:
+            super().server_bind()
+            return
+        if self.socket is not None:
+            self.socket.close()
+        self.socket = self.shared_socket
+        self.socket.setblocking(False)  # noqa: FBT003  a sibling may accept first: no blocking accept()
+        self.server_address = self.socket.getsockname()
+
+    def server_activate(self) -> None:
+        if self.shared_socket is None:
+            super().server_activate()  # a shared socket is listening already
+
+    def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
+        if self.socket is None:  # pragma: no cover  socketserver calls this only while listening
+            msg = "the server socket is closed"
+            raise OSError(msg)
+        if self.shared_socket is not None:
+            busy = len(self.active_associations)
+            if busy:
+                time.sleep(min(busy * BUSY_ACCEPT_DELAY, MAX_ACCEPT_DELAY))
+        client_socket, address = self.socket.accept()  # BlockingIOError when a sibling was quicker
+        client_socket.setblocking(True)  # noqa: FBT003  as pynetdicom expects accepted sockets
+        if self.ssl_context is not None:
+            client_socket = self.ssl_context.wrap_socket(client_socket, server_side=True, do_handshake_on_connect=False)
+        return client_socket, address
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        if isinstance(request, ssl.SSLSocket) and not _tls_handshake(request, client_address, self.ae.acse_timeout):
+            self.shutdown_request(request)
+            return
+        super().process_request_thread(request, client_address)
+
+
+def _tls_handshake(sock: ssl.SSLSocket, client_address: Any, timeout: float | None) -> bool:
+    """Complete the server side of a TLS handshake within ``timeout`` seconds; False if it fails."""
+    try:
+        sock.settimeout(timeout)
+        sock.do_handshake()
+        sock.settimeout(None)  # as pynetdicom leaves accepted sockets: blocking, no timeout
+    except OSError as exc:  # ssl.SSLError, a timeout, a reset connection
+        log.warning(
+            "dimse.tls.handshake_failed",
+            address=str(client_address[0]) if isinstance(client_address, tuple) else str(client_address),
+            error=type(exc).__name__,
+            reason=getattr(exc, "reason", None),
+        )
+        return False
+    return True
+
+
+# Seconds a listener process serving N associations waits, N times, before accepting another.
+BUSY_ACCEPT_DELAY = 0.005
+MAX_ACCEPT_DELAY = 0.05
 
 
 def build_ae(settings: Settings) -> Any:
@@ -97,15 +168,20 @@ def _handle_c_echo(event: Any) -> int:  # noqa: ARG001  the event carries nothin
     return 0x0000
 
 
-def make_server(archive: Archive, settings: Settings, *, reuse_port: bool = True) -> Any:
-    """A bound, listening association server (call ``serve_forever`` or run it in a thread)."""
+def make_server(archive: Archive, settings: Settings, listen_socket: socket.socket | None = None) -> Any:
+    """A bound, listening association server (call ``serve_forever`` or run it in a thread).
+
+    ``listen_socket``: a listening socket shared with sibling processes (see ListenerServer);
+    without it the server binds ``dimse.host``/``dimse.port`` itself.
+    """
     ae = build_ae(settings)
     address = (settings.dimse.host, settings.dimse.port)
+    server_class = type("SharedListenerServer", (ListenerServer,), {"shared_socket": listen_socket})
     server = ae.make_server(
         address,
         ssl_context=server_ssl_context(settings.dimse),
         evt_handlers=event_handlers(archive, settings),
-        server_class=ReusePortAssociationServer if reuse_port else ThreadedAssociationServer,
+        server_class=server_class,
     )
     ae._servers.append(server)  # noqa: SLF001  as start_server does, so that shutdown() finds it
     return server
