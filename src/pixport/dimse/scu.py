@@ -229,16 +229,36 @@ def request_association(
         raise PeerUnavailable(msg) from exc
     if assoc.is_established:
         return assoc
-    if not connected:
+    _close_transport(assoc)
+    if not connected and context is not None:
+        # pynetdicom logs and swallows the handshake's SSLError (an unknown CA, a name mismatch…).
+        reason = "no TLS connection could be made (refused, unreachable, timed out, or the TLS handshake failed)"
+    elif not connected:
         reason = "no connection could be made (refused, unreachable or timed out)"
     elif assoc.is_rejected:
         reason = "it rejected the association"
+    elif assoc.is_aborted and context is not None:
+        # TLS 1.3: a refused client certificate is only seen on the first read after the handshake.
+        reason = "it aborted the association (or refused our TLS client certificate)"
     elif assoc.is_aborted:
         reason = "it aborted the association"
     else:
         reason = "the association could not be established"
     msg = f"DICOM peer {describe(remote)} is unavailable: {reason}"
     raise PeerUnavailable(msg)
+
+
+def _close_transport(assoc: Association) -> None:
+    """Close the socket of an association that failed.
+
+    pynetdicom's ``_shutdown_socket`` skips ``close`` when ``shutdown`` raises, as it does on a
+    connection the peer has already closed (a TLS alert, a refused handshake): the socket would
+    stay open until the association is garbage-collected.
+    """
+    transport = assoc.dul.socket
+    sock = transport.socket if transport is not None else None
+    if sock is not None:
+        sock.close()
 
 
 @contextmanager
