@@ -19,6 +19,7 @@ from pydicom.multival import MultiValue
 
 from pixport.archive.node import Archive
 from pixport.archive.query import parse_query
+from pixport.dicom.fastwrite import UTF8_CHARSET, Encoded, encode_element, to_dataset
 from pixport.errors import BadQuery
 from pixport.storage.base import Level, QueryRow
 
@@ -30,6 +31,7 @@ SUCCESS = 0x0000
 IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS = 0xA900
 UNABLE_TO_PROCESS = 0xC000
 PAGE = 1000
+IMPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2"
 
 LEVELS: dict[str, Level] = {"PATIENT": "study", "STUDY": "study", "SERIES": "series", "IMAGE": "instance"}
 QUERY_RETRIEVE_LEVEL = 0x00080052
@@ -60,7 +62,7 @@ def handle_c_find(event: Any, archive: Archive) -> Iterator[tuple[int, Dataset |
         yield IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS, None
         return
     try:
-        responses = list(find_responses(archive, level_name, keys))
+        answers = list(find_answers(archive, level_name, keys))
     except BadQuery as exc:
         log.info("dimse.find.bad_query", reason=str(exc))
         yield IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS, None
@@ -69,12 +71,15 @@ def handle_c_find(event: Any, archive: Archive) -> Iterator[tuple[int, Dataset |
         log.error("dimse.find.failed", error=type(exc).__name__)  # noqa: TRY400
         yield UNABLE_TO_PROCESS, None
         return
-    log.info("dimse.find", level=level_name, matches=len(responses))
-    for response in responses:
+    log.info("dimse.find", level=level_name, matches=len(answers))
+    # Encoded in the context's transfer syntax when it is Implicit VR Little Endian, else in
+    # Explicit VR Little Endian, which pynetdicom copies as is or converts (big endian, deflated).
+    implicit_vr = str(event.context.transfer_syntax) == IMPLICIT_VR_LITTLE_ENDIAN
+    for answer in answers:
         if event.is_cancelled:
             yield CANCEL, None
             return
-        yield PENDING, response
+        yield PENDING, to_dataset(answer, implicit_vr=implicit_vr)
     yield SUCCESS, None
 
 
@@ -100,10 +105,24 @@ def _text(value: Any) -> str:
 
 def find_responses(archive: Archive, level_name: str, keys: list[Any]) -> Iterator[Dataset]:
     """Response identifiers for a C-FIND at ``level_name`` with the identifier's ``keys``."""
+    for answer in find_answers(archive, level_name, keys):
+        yield to_dataset(answer, implicit_vr=False)
+
+
+def find_answers(archive: Archive, level_name: str, keys: list[Any]) -> Iterator[list[Encoded]]:
+    """Each response identifier of a C-FIND at ``level_name``, as encoded elements.
+
+    The requested keys, Specific Character Set and Query/Retrieve Level, in no particular order.
+    """
     level = LEVELS[level_name]
     parsed = parse_query(level, query_parameters(keys))
     rows = _all_rows(archive, parsed.query)
     requested = [(f"{int(e.tag):08X}", e.VR) for e in keys]
+    empty = {tag: {"vr": _vr_of(tag, vr)} for tag, vr in requested}
+    fixed = [
+        encode_element(SPECIFIC_CHARACTER_SET, {"vr": "CS", "Value": [UTF8_CHARSET]}),
+        encode_element(QUERY_RETRIEVE_LEVEL, {"vr": "CS", "Value": [level_name]}),
+    ]
     if level_name == "PATIENT":
         for group in _by_patient(rows):
             document = _merged(group[0])
@@ -116,10 +135,10 @@ def find_responses(archive: Archive, level_name: str, keys: list[Any]) -> Iterat
                 "vr": "IS",
                 "Value": [sum(r.number_of_instances or 0 for r in group)],
             }
-            yield _response(archive, group[0], document, requested, level_name)
+            yield _answer(archive, group[0], document, empty, fixed)
         return
     for row in rows:
-        yield _response(archive, row, _with_counts(row, level), requested, level_name)
+        yield _answer(archive, row, _with_counts(row, level), empty, fixed)
 
 
 def _all_rows(archive: Archive, query: Any) -> list[QueryRow]:
@@ -167,11 +186,14 @@ def _with_counts(row: QueryRow, level: Level) -> dict[str, Any]:
     return document
 
 
-def _response(
-    archive: Archive, row: QueryRow, document: dict[str, Any], requested: list[tuple[str, str]], level_name: str
-) -> Dataset:
-    """Exactly the requested keys; those the index does not keep come from a representative instance."""
-    missing = [tag for tag, _ in requested if "Value" not in document.get(tag, {})]
+def _answer(
+    archive: Archive, row: QueryRow, document: dict[str, Any], empty: dict[str, dict[str, Any]], fixed: list[Encoded]
+) -> list[Encoded]:
+    """Exactly the requested keys; those the index does not keep come from a representative instance.
+
+    ``empty`` maps each requested key to the element it takes when it has no value.
+    """
+    missing = [tag for tag in empty if "Value" not in document.get(tag, {})]
     if missing:
         first = archive.index.list_metadata(row.study_instance_uid, row.series_instance_uid, row.sop_instance_uid, 1)
         if first:
@@ -180,16 +202,13 @@ def _response(
                 element = instance.get(tag)
                 if element is not None and "BulkDataURI" not in element:
                     document[tag] = element
-    selected: dict[str, Any] = {}
-    for tag, vr in requested:
+    answer = list(fixed)
+    for tag, nothing in empty.items():
         element = document.get(tag)
         if element is None or "BulkDataURI" in element:
-            element = {"vr": _vr_of(tag, vr)}
-        selected[tag] = element
-    response = Dataset.from_json(selected)
-    response.SpecificCharacterSet = "ISO_IR 192"
-    response.QueryRetrieveLevel = level_name
-    return response
+            element = nothing
+        answer.append(encode_element(int(tag, 16), element))
+    return answer
 
 
 def _vr_of(tag: str, requested_vr: str) -> str:
