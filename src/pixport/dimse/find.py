@@ -19,7 +19,8 @@ from pydicom.multival import MultiValue
 
 from pixport.archive.node import Archive
 from pixport.archive.query import parse_query
-from pixport.dicom.fastwrite import UTF8_CHARSET, Encoded, encode_element, to_dataset
+from pixport.dicom.fastwrite import UTF8_CHARSET, Encoded, dataset_bytes, encode_element, to_dataset
+from pixport.dimse.pending import PendingWriter
 from pixport.errors import BadQuery
 from pixport.storage.base import Level, QueryRow
 
@@ -31,7 +32,10 @@ SUCCESS = 0x0000
 IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS = 0xA900
 UNABLE_TO_PROCESS = 0xC000
 PAGE = 1000
+BATCH = 50  # pending responses per socket write
 IMPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2"
+EXPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2.1"
+DIRECT_SYNTAXES = frozenset({IMPLICIT_VR_LITTLE_ENDIAN, EXPLICIT_VR_LITTLE_ENDIAN})
 
 LEVELS: dict[str, Level] = {"PATIENT": "study", "STUDY": "study", "SERIES": "series", "IMAGE": "instance"}
 QUERY_RETRIEVE_LEVEL = 0x00080052
@@ -74,13 +78,43 @@ def handle_c_find(event: Any, archive: Archive) -> Iterator[tuple[int, Dataset |
     log.info("dimse.find", level=level_name, matches=len(answers))
     # Encoded in the context's transfer syntax when it is Implicit VR Little Endian, else in
     # Explicit VR Little Endian, which pynetdicom copies as is or converts (big endian, deflated).
-    implicit_vr = str(event.context.transfer_syntax) == IMPLICIT_VR_LITTLE_ENDIAN
-    for answer in answers:
+    syntax = str(event.context.transfer_syntax)
+    implicit_vr = syntax == IMPLICIT_VR_LITTLE_ENDIAN
+    sent, cancelled = _send_directly(event, answers, syntax)
+    if cancelled:
+        yield CANCEL, None
+        return
+    for answer in answers[sent:]:
         if event.is_cancelled:
             yield CANCEL, None
             return
         yield PENDING, to_dataset(answer, implicit_vr=implicit_vr)
     yield SUCCESS, None
+
+
+def _send_directly(event: Any, answers: list[list[Encoded]], syntax: str) -> tuple[int, bool]:
+    """Pending responses written in batches (``dimse.pending``), where the association allows it.
+
+    Returns how many were sent and whether the C-FIND was cancelled; pynetdicom sends the rest
+    (all of them over TLS, and from an answer pydicom cannot encode, which it reports).
+    """
+    writer = PendingWriter.for_event(event) if syntax in DIRECT_SYNTAXES else None
+    if writer is None:
+        return 0, False
+    implicit_vr = syntax == IMPLICIT_VR_LITTLE_ENDIAN
+    sent = 0
+    while sent < len(answers):
+        if event.is_cancelled:
+            return sent, True
+        batch = answers[sent : sent + BATCH]
+        try:
+            identifiers = [dataset_bytes(answer, implicit_vr=implicit_vr) for answer in batch]
+        except Exception:  # noqa: BLE001  pynetdicom answers 0xC312 when it meets this answer
+            return sent, False
+        if not writer.send(identifiers):
+            return sent, False
+        sent += len(batch)
+    return sent, False
 
 
 def query_parameters(keys: list[Any]) -> list[tuple[str, str]]:
