@@ -13,6 +13,9 @@ from dimse_support import AE_TITLE, CORPUS, dcmtk, free_port, tool
 from pynetdicom import AE
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
+from pixport import build_archive, load_settings
+from pixport.archive.check import check_archive
+
 
 def start_supervisor(tmp_path: Path, port: int, workers: int) -> subprocess.Popen[str]:
     environment = {
@@ -66,6 +69,14 @@ def test_listener_processes_share_the_port_and_stop_on_sigterm(tmp_path: Path) -
         assert [p.wait(60) for p in results] == [0] * len(files)
         children = subprocess.run(["pgrep", "-P", str(supervisor.pid)], capture_output=True, text=True, check=False)
         assert len(children.stdout.split()) == 2
+        # The workers hash each data set as it arrives: every blob must re-hash to its digest.
+        archive = build_archive(load_settings(storage={"data_dir": tmp_path / "data"}))
+        try:
+            report = check_archive(archive, repair=False)
+            assert report.ok, report.as_dict()
+            assert report.instances_checked == len(files)
+        finally:
+            archive.close()
     finally:
         stop(supervisor)
 

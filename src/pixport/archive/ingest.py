@@ -111,16 +111,20 @@ class IngestPipeline:
             raise
         return staging.finish()
 
-    def adopt_file(self, path: Path) -> StagedFile:
+    def adopt_file(self, path: Path, hashed: tuple[str, int] | None = None) -> StagedFile:
         """Take a complete file that was written in the staging area as it is: hash it, no copy.
 
         The DICOM listener has pynetdicom write each incoming data set there; ``commit`` then
-        renames it into the blob store, or ``discard`` deletes it.
+        renames it into the blob store, or ``discard`` deletes it.  ``hashed``: the (SHA-256,
+        size) of what the writer wrote, when it hashed as it wrote; used if the file has exactly
+        that size, else the file is hashed again.
         """
         size = path.stat().st_size
         if size > self.limits.max_object_bytes:
             msg = f"object is larger than {self.limits.max_object_bytes} bytes"
             raise LimitExceeded(msg)
+        if hashed is not None and hashed[1] == size:
+            return StagedFile(path, hashed[0], size)
         sha = hashlib.sha256()
         with path.open("rb") as stream:
             while chunk := stream.read(COPY_CHUNK):

@@ -15,7 +15,7 @@ from typing import Any
 from pynetdicom import _config, evt
 
 from pixport.config import DimseSettings, RemoteNode
-from pixport.dimse import commandset, reactor
+from pixport.dimse import commandset, reactor, received
 from pixport.errors import ConfigurationError
 
 
@@ -34,6 +34,7 @@ def configure_pynetdicom() -> None:
     _config.STORE_RECV_CHUNKED_DATASET = True
     reactor.install()
     commandset.install()
+    received.install()
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)
 
 

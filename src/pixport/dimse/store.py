@@ -3,9 +3,9 @@
 pynetdicom writes the incoming data set, with File Meta built from the request and the
 presentation context, to a temporary file as it arrives (``STORE_RECV_CHUNKED_DATASET``).  In
 the listener that file is already in the archive's staging area (``serve`` points pynetdicom's
-temporary directory there) and is hashed and size-checked in place; elsewhere the handler copies
-it into the staging area.  Then it parses it, checks it against the request, makes it durable
-and indexes it, and only then answers.
+temporary directory there), hashed as it arrived (``received.py``) and size-checked in place;
+elsewhere the handler copies it into the staging area.  Then it parses it, checks it against
+the request, makes it durable and indexes it, and only then answers.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from pixport.archive.ingest import (
     IngestPipeline,
 )
 from pixport.archive.node import Archive
+from pixport.dimse.received import received_digest
 from pixport.errors import LimitExceeded, StorageUnavailable
 
 log = structlog.get_logger(__name__)
@@ -67,7 +68,8 @@ def handle_c_store(event: Any, archive: Archive) -> Dataset:
 
 def _store(ingest: IngestPipeline, path: Path, request: Any, source: str) -> Dataset:
     if path.parent == ingest.blobs.staging_dir.absolute():
-        staged = ingest.adopt_file(path)  # the listener has pynetdicom write into staging
+        # The listener has pynetdicom write into staging, hashing as it writes.
+        staged = ingest.adopt_file(path, received_digest(request))
     else:
         with path.open("rb") as stream:
             staged = ingest.stage_stream(stream)
