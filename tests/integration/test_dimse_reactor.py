@@ -14,6 +14,7 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from pixport.dimse import reactor
 from pixport.dimse.network import configure_pynetdicom
+from pixport.dimse.store import handle_c_store
 
 SMALL = CORPUS / "charset" / "chrFren_latin1.dcm"
 
@@ -89,3 +90,19 @@ def test_install_refuses_another_pynetdicom(monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.setattr(reactor.pynetdicom, "__version__", "9.9.9")
     with pytest.raises(RuntimeError, match=r"pynetdicom 3\.0\.x, found 9\.9\.9"):
         reactor.install()
+
+
+def test_a_c_store_is_served_on_the_receiving_thread_and_answers_in_order(listener: Listener) -> None:
+    """An idle acceptor serves C-STOREs on its DUL thread; storescu's instances all arrive."""
+    threads: list[bool] = []
+
+    def recording(event: Any) -> Any:
+        threads.append(threading.current_thread() is event.assoc.dul)
+        return handle_c_store(event, archive=listener.archive)
+
+    listener.server.bind(evt.EVT_C_STORE, recording)
+    files = [CORPUS / "modality" / "ct" / "CT_small.dcm", SMALL]
+    result = dcmtk("storescu", "-aec", AE_TITLE, "127.0.0.1", listener.port, *files, *files)
+    assert result.returncode == 0, result.stderr
+    assert threads == [True] * 2 * len(files)  # the second time: duplicates, answered the same way
+    assert listener.archive.index.count_instances() == len(files)

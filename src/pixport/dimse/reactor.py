@@ -17,7 +17,9 @@ Here both loops block until there is work instead:
   to the DUL thread: one thread switch less per C-STORE response, and none per fragment when
   we send data sets (C-STORE as a client, C-GET and C-MOVE sub-operations).  A lock keeps
   those sends and every state-machine action apart, so PDUs never interleave or reorder.  Not
-  over TLS: one SSL connection must not be read and written from two threads at once.
+  over TLS: one SSL connection must not be read and written from two threads at once;
+- a C-STORE request reaching an idle acceptor is served on the DUL thread that received it
+  (``MessageQueue``), without a hand-over to the association thread.
 
 Both still wake every ``IDLE_CHECK`` seconds to run their timers (ARTIM, network timeout).
 The state machine, the PDU and DIMSE codecs and every service stay pynetdicom's own.
@@ -44,6 +46,7 @@ import pynetdicom
 from pynetdicom import association as pynetdicom_association
 from pynetdicom import evt
 from pynetdicom.dimse import DIMSEServiceProvider
+from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.dul import DULServiceProvider
 from pynetdicom.pdu import A_ABORT_RQ, P_DATA_TF
 from pynetdicom.pdu_primitives import P_DATA
@@ -208,7 +211,44 @@ class WakingDIMSE(DIMSEServiceProvider):
 
     def __init__(self, assoc: Any) -> None:
         super().__init__(assoc)
-        self.msg_queue = WakingQueue(assoc.dul.user_wake.set)
+        self.msg_queue = MessageQueue(assoc)
+
+
+class MessageQueue(WakingQueue):
+    """Complete DIMSE messages for the association's reactor.
+
+    A C-STORE request that reaches an acceptor whose reactor is idle, with nothing queued, is
+    served at once on the thread that received it (the DUL's): the peer waits for its response
+    and sends nothing meanwhile, so nothing is lost by not reading, and one hand-over between
+    threads per instance is saved.  ``serving`` is held by whichever thread serves a request,
+    so requests are still served one at a time and in order.
+    """
+
+    def __init__(self, assoc: Any) -> None:
+        super().__init__(assoc.dul.user_wake.set)
+        self._assoc = assoc
+        self.serving = threading.Lock()
+
+    def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:  # noqa: FBT001, FBT002  queue.Queue's signature
+        context_id, primitive = item
+        if (
+            INLINE_STORES
+            and isinstance(primitive, C_STORE)
+            and primitive.MessageIDBeingRespondedTo is None
+            and self._assoc.is_acceptor
+            and not self.qsize()
+            and self.serving.acquire(blocking=False)
+        ):
+            try:
+                self._assoc._serve_request(primitive, context_id)  # noqa: SLF001
+            finally:
+                self.serving.release()
+            return
+        super().put(item, block, timeout)
+
+
+# False hands every request to the association thread, as pynetdicom does (A/B measurements).
+INLINE_STORES = True
 
 
 def run_association_reactor(self: Any) -> None:
@@ -230,7 +270,8 @@ def run_association_reactor(self: Any) -> None:
 
         context_id, msg = self.dimse.get_msg(block=False)
         if msg:
-            self._serve_request(msg, context_id)
+            with self.dimse.msg_queue.serving:
+                self._serve_request(msg, context_id)
             idle = False
 
         if self.is_established and self.acse.is_release_requested():
