@@ -8,10 +8,10 @@ drift from the rows they count.
 from __future__ import annotations
 
 import datetime as dt
-from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
+import orjson
 from sqlalchemy import (
     BigInteger,
     Column,
@@ -34,6 +34,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.functions import FunctionElement
 
 from pixport.dicom.names import normalize, search_forms
 from pixport.errors import BadQuery, OutOfResources, StorageUnavailable
@@ -163,6 +165,24 @@ TOKEN_COLUMNS: dict[str, ColumnElement[Any]] = {
 }
 INTEGER_ATTRIBUTES = frozenset({"series_number", "instance_number", "number_of_frames"})
 TIME_ATTRIBUTES = frozenset({"study_time", "performed_procedure_step_start_time"})
+
+
+class json_array(FunctionElement[Any]):  # noqa: N801  named as SQL functions are
+    """Aggregate: the group's values (NULLs included) as the text of a JSON array, or NULL."""
+
+    type = Text()
+    name = "json_array"
+    inherit_cache = True
+
+
+@compiles(json_array, "sqlite")
+def _json_array_sqlite(element: json_array, compiler: Any, **kw: Any) -> str:
+    return f"json_group_array({compiler.process(element.clauses, **kw)})"
+
+
+@compiles(json_array, "postgresql")
+def _json_array_postgresql(element: json_array, compiler: Any, **kw: Any) -> str:
+    return f"CAST(json_agg({compiler.process(element.clauses, **kw)}) AS TEXT)"
 
 
 def _now() -> str:
@@ -439,41 +459,44 @@ class SqlIndexStore:
         return stmt.limit(query.limit).offset(query.offset)
 
     def _search_studies(self, conn: Connection, query: Query) -> list[QueryRow]:
-        stmt = select(studies.c.pk, studies.c.study_instance_uid, studies.c.study_json).where(*self._conditions(query))
-        rows = conn.execute(self._page(stmt.order_by(studies.c.pk), query)).all()
-        pks = [r.pk for r in rows]
-        modalities: defaultdict[int, set[str]] = defaultdict(set)
-        series_counts: defaultdict[int, int] = defaultdict(int)
-        instance_counts: dict[int, int] = {}
-        if pks:
-            for study_pk, modality in conn.execute(
-                select(series.c.study_pk, series.c.modality).where(series.c.study_pk.in_(pks))
-            ):
-                series_counts[study_pk] += 1
-                if modality:
-                    modalities[study_pk].add(modality)
-            instance_counts = dict(
-                conn.execute(
-                    select(instances.c.study_pk, func.count())
-                    .where(instances.c.study_pk.in_(pks))
-                    .group_by(instances.c.study_pk)
-                ).all()
+        """One statement: the page of studies, then each one's series modalities and instance count.
+
+        The correlated subqueries run for the page's rows only.
+        """
+        page = self._page(
+            select(studies.c.pk, studies.c.study_instance_uid, studies.c.study_json)
+            .where(*self._conditions(query))
+            .order_by(studies.c.pk),
+            query,
+        ).subquery("page")
+        series_modalities = select(json_array(series.c.modality)).where(series.c.study_pk == page.c.pk)
+        instance_count = select(func.count()).select_from(instances).where(instances.c.study_pk == page.c.pk)
+        stmt = select(
+            page.c.study_instance_uid,
+            page.c.study_json,
+            series_modalities.scalar_subquery(),
+            instance_count.scalar_subquery(),
+        ).order_by(page.c.pk)
+        results = []
+        for study_instance_uid, study_json, series_modalities, number_of_instances in conn.execute(stmt):
+            # One value per series, NULLs too ([] in SQLite, NULL in PostgreSQL when there is none).
+            modalities: list[str | None] = orjson.loads(series_modalities) if series_modalities else []
+            results.append(
+                QueryRow(
+                    study_instance_uid=study_instance_uid,
+                    series_instance_uid=None,
+                    sop_instance_uid=None,
+                    documents=[study_json],
+                    modalities_in_study=sorted({m for m in modalities if m}),
+                    number_of_series=len(modalities),
+                    number_of_instances=number_of_instances,
+                )
             )
-        return [
-            QueryRow(
-                study_instance_uid=r.study_instance_uid,
-                series_instance_uid=None,
-                sop_instance_uid=None,
-                documents=[r.study_json],
-                modalities_in_study=sorted(modalities[r.pk]),
-                number_of_series=series_counts[r.pk],
-                number_of_instances=instance_counts.get(r.pk, 0),
-            )
-            for r in rows
-        ]
+        return results
 
     def _search_series(self, conn: Connection, query: Query) -> list[QueryRow]:
-        stmt = (
+        """One statement: the page of series, then per series its instance count."""
+        page = self._page(
             select(
                 series.c.pk,
                 studies.c.study_instance_uid,
@@ -483,27 +506,28 @@ class SqlIndexStore:
             )
             .join(studies, series.c.study_pk == studies.c.pk)
             .where(*self._conditions(query))
-        )
-        rows = conn.execute(self._page(stmt.order_by(series.c.pk), query)).all()
-        pks = [r.pk for r in rows]
-        counts: dict[int, int] = {}
-        if pks:
-            counts = dict(
-                conn.execute(
-                    select(instances.c.series_pk, func.count())
-                    .where(instances.c.series_pk.in_(pks))
-                    .group_by(instances.c.series_pk)
-                ).all()
-            )
+            .order_by(series.c.pk),
+            query,
+        ).subquery("page")
+        instance_count = select(func.count()).select_from(instances).where(instances.c.series_pk == page.c.pk)
+        stmt = select(
+            page.c.study_instance_uid,
+            page.c.series_instance_uid,
+            page.c.study_json,
+            page.c.series_json,
+            instance_count.scalar_subquery(),
+        ).order_by(page.c.pk)
         return [
             QueryRow(
-                study_instance_uid=r.study_instance_uid,
-                series_instance_uid=r.series_instance_uid,
+                study_instance_uid=study_instance_uid,
+                series_instance_uid=series_instance_uid,
                 sop_instance_uid=None,
-                documents=[r.study_json, r.series_json],
-                number_of_instances=counts.get(r.pk, 0),
+                documents=[study_json, series_json],
+                number_of_instances=number_of_instances,
             )
-            for r in rows
+            for study_instance_uid, series_instance_uid, study_json, series_json, number_of_instances in conn.execute(
+                stmt
+            )
         ]
 
     def _search_instances(self, conn: Connection, query: Query) -> list[QueryRow]:
