@@ -1,0 +1,69 @@
+"""How the filesystem blob store makes a batch durable: fsync per path, or one syncfs."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pixport.storage import filesystem
+from pixport.storage.filesystem import PER_PATH_SYNC_LIMIT, FilesystemBlobStore
+
+
+def staged_files(store: FilesystemBlobStore, count: int) -> list[tuple[Path, str]]:
+    files = []
+    for number in range(count):
+        content = f"object {number}".encode()
+        temp = store.staging_dir / f"incoming-{number}"
+        temp.write_bytes(content)
+        files.append((temp, hashlib.sha256(content).hexdigest()))
+    return files
+
+
+@pytest.mark.parametrize(("count", "syncfs_calls"), [(1, 0), (PER_PATH_SYNC_LIMIT + 1, 2)])
+def test_small_batches_fsync_their_own_paths_large_ones_use_syncfs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, count: int, syncfs_calls: int
+) -> None:
+    if filesystem._SYNCFS is None:
+        pytest.fail("syncfs(2) is expected on Linux")
+    syncfs: list[int] = []
+    fsynced: list[Path] = []
+    real_fsync_path = filesystem.fsync_path
+
+    def recording_syncfs(fd: int) -> int:
+        syncfs.append(fd)
+        return 0
+
+    def recording_fsync_path(path: Path, *, directory: bool = False) -> None:
+        fsynced.append(path)
+        real_fsync_path(path, directory=directory)
+
+    monkeypatch.setattr(filesystem, "_SYNCFS", recording_syncfs)
+    monkeypatch.setattr(filesystem, "fsync_path", recording_fsync_path)
+    store = FilesystemBlobStore(tmp_path)
+    files = staged_files(store, count)
+    store.put_files(files)
+    assert len(syncfs) == syncfs_calls
+    for temp, digest in files:
+        final = store.path_of(digest)
+        assert final.read_bytes() == f"object {files.index((temp, digest))}".encode()
+        if syncfs_calls == 0:
+            # The data before its rename, then the directories that received new entries.
+            assert temp in fsynced
+            assert final.parent in fsynced
+            assert fsynced.index(temp) < fsynced.index(final.parent)
+    if syncfs_calls == 0:
+        assert store.blobs in fsynced  # its new first-level directory is an entry in it
+
+
+def test_an_existing_blob_is_not_written_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    store = FilesystemBlobStore(tmp_path)
+    store.put_files(staged_files(store, 1))
+    calls: list[Any] = []
+    monkeypatch.setattr(filesystem, "fsync_path", lambda *args, **_: calls.append(args))
+    again = staged_files(store, 1)
+    store.put_files(again)
+    assert calls == []
+    assert not again[0][0].exists()
