@@ -106,3 +106,64 @@ def test_a_c_store_is_served_on_the_receiving_thread_and_answers_in_order(listen
     assert result.returncode == 0, result.stderr
     assert threads == [True] * 2 * len(files)  # the second time: duplicates, answered the same way
     assert listener.archive.index.count_instances() == len(files)
+
+
+class StallingCheckpoint(threading.Event):
+    """A reactor checkpoint whose waiter, once armed, stalls just after getting through.
+
+    It stands for the association thread being descheduled between passing the checkpoint
+    and marking itself unpaused, until a DIMSE message is queued: the window in which a
+    ``send_*`` call from another thread sees the loop still paused, goes ahead, and may find
+    its response taken by the loop.
+    """
+
+    def __init__(self, messages: Any) -> None:
+        super().__init__()
+        self.set()
+        self.messages = messages
+        self.armed = threading.Event()
+        self.passed = threading.Event()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        result = super().wait(timeout)
+        if self.armed.is_set() and threading.current_thread() is not threading.main_thread():
+            self.armed.clear()
+            self.passed.set()
+            for _ in range(1000):
+                if self.messages.qsize():
+                    break
+                threading.Event().wait(0.001)
+        return result
+
+
+def test_a_send_from_another_thread_keeps_its_response(listener: Listener) -> None:
+    """The association loop, stalled right after its checkpoint, must not take a response.
+
+    This happened under C-MOVE: the thread serving the move sends each C-STORE on the
+    association to the destination, whose own loop sometimes took the C-STORE response
+    ("Received unexpected C-STORE service message") and the sub-operation then waited forever.
+    """
+    configure_pynetdicom()
+    ae = AE(ae_title="REACTORTEST")
+    ae.add_requested_context(Verification)
+    assoc = ae.associate("127.0.0.1", listener.port, ae_title=AE_TITLE)
+    get_msg = assoc.dimse.get_msg
+
+    def late_get_msg(block: bool = False) -> Any:  # noqa: FBT001, FBT002  pynetdicom's signature
+        if block:  # the sender, slow to come back for its response
+            threading.Event().wait(0.2)
+        return get_msg(block)
+
+    try:
+        assert assoc.is_established
+        assoc.dimse_timeout = 2
+        assoc.dimse.get_msg = late_get_msg
+        for _ in range(3):
+            checkpoint = StallingCheckpoint(assoc.dimse.msg_queue)
+            assoc._reactor_checkpoint = checkpoint
+            checkpoint.armed.set()
+            assert checkpoint.passed.wait(2)
+            assert assoc.send_c_echo().get("Status") == 0
+            assert assoc.is_established
+    finally:
+        assoc.release()

@@ -266,6 +266,11 @@ def run_association_reactor(self: Any) -> None:
             wake.clear()
         self._reactor_checkpoint.wait()
         self._is_paused = False
+        if not self._reactor_checkpoint.is_set():
+            # A send_* call cleared the checkpoint after this thread got through it, and may
+            # have gone ahead on seeing it still paused: its response is not ours to take.
+            idle = False
+            continue
         idle = True
 
         context_id, msg = self.dimse.get_msg(block=False)
