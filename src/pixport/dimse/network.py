@@ -15,7 +15,7 @@ from typing import Any
 from pynetdicom import _config, evt
 
 from pixport.config import DimseSettings, RemoteNode
-from pixport.dimse import commandset, reactor, received
+from pixport.dimse import commandset, fast_store, reactor, received
 from pixport.errors import ConfigurationError
 
 
@@ -33,6 +33,7 @@ def configure_pynetdicom() -> None:
     _config.LOG_RESPONSE_IDENTIFIERS = False
     _config.STORE_RECV_CHUNKED_DATASET = True
     reactor.install()
+    fast_store.install()
     commandset.install()
     received.install()
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)

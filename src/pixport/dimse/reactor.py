@@ -108,6 +108,12 @@ class EventDrivenDUL(DULServiceProvider):
                     return
         super().send_pdu(primitive)
 
+    def send_raw(self, data: bytes) -> None:
+        """Send an encoded PDU now, ordered after any state-machine action in progress."""
+        with self._send_lock:
+            if self.socket is not None:
+                self.socket.send(data)
+
     def _direct_send_possible(self) -> bool:
         transport = self.socket.socket if self.socket is not None else None
         return transport is not None and not isinstance(transport, ssl.SSLSocket)

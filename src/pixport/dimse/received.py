@@ -26,7 +26,7 @@ class HashingTemporaryFile:
         self._sha = hashlib.sha256()
         self.size = 0
 
-    def write(self, data: bytes) -> int:
+    def write(self, data: bytes | memoryview) -> int:
         self._sha.update(data)
         self.size += len(data)
         return self._file.write(data)

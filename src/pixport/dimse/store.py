@@ -24,6 +24,7 @@ from pixport.archive.ingest import (
     IngestPipeline,
 )
 from pixport.archive.node import Archive
+from pixport.dimse.fast_store import discard_partial
 from pixport.dimse.received import received_digest
 from pixport.errors import LimitExceeded, StorageUnavailable
 
@@ -102,6 +103,9 @@ def discard_partial_data_set(event: Any) -> None:
     pynetdicom deletes the file of every C-STORE it hands to the handler; one cut off by an
     abort or a vanished peer would stay behind.
     """
+    if discard_partial(event.assoc.dimse):  # a data set the fast path was receiving
+        log.info("dimse.store.partial_discarded")
+        return
     message = getattr(event.assoc.dimse, "message", None)
     partial = getattr(message, "_data_set_file", None)
     if partial is None:
