@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from dimse_support import AE_TITLE, Listener, start_listener
 from pydicom.dataset import Dataset
-from pynetdicom import AE, build_context
+from pynetdicom import AE, build_context, evt
 from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind  # type: ignore[attr-defined]
 
 from pixport.config import DimseSettings, RemoteNode
@@ -118,3 +118,23 @@ def test_no_writer_without_the_event_driven_dul() -> None:
             dul = object()
 
     assert PendingWriter.for_event(Event()) is None
+
+
+def test_a_handler_on_sent_pdus_keeps_pynetdicom_sending(listener: Listener, monkeypatch: pytest.MonkeyPatch) -> None:
+    """EVT_PDU_SENT expects a call per PDU: with a handler bound, no batched writes."""
+    query = identifier("IMAGE", SOPInstanceUID="", PatientName="")
+    reference = c_find(listener.port, "1.2.840.10008.1.2.1", query)
+    writes: list[int] = []
+    monkeypatch.setattr(PendingWriter, "send", lambda self, identifiers: writes.append(1) or False)  # noqa: ARG005
+    sent: list[Any] = []
+
+    def on_pdu_sent(event: Any) -> None:
+        sent.append(event.pdu)
+
+    listener.server.bind(evt.EVT_PDU_SENT, on_pdu_sent)
+    try:
+        assert c_find(listener.port, "1.2.840.10008.1.2.1", query) == reference
+    finally:
+        listener.server.unbind(evt.EVT_PDU_SENT, on_pdu_sent)
+    assert writes == []
+    assert len(sent) > 2 * len(reference)  # every fragment of every response, and more

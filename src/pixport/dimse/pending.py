@@ -11,10 +11,10 @@ peer's maximum PDU length, one P-DATA-TF PDU per fragment), back to back.
 The write happens under the lock that the event-driven DUL (``reactor.EventDrivenDUL``) holds
 for every state-machine action and every direct P-DATA send, and only when the association is
 established with nothing queued ahead, as ``EventDrivenDUL.send_pdu`` does for one PDU.  Over
-TLS, or with any other DUL, ``PendingWriter.for_event`` gives None and the handler yields its
-responses to pynetdicom one by one.  pynetdicom's EVT_DIMSE_SENT, EVT_PDU_SENT and
-EVT_DATA_SENT are not triggered per response (one EVT_DATA_SENT per batch): PixPort binds none
-of them, and pynetdicom only logs them at debug level.
+TLS, with any other DUL, or when a handler is bound to EVT_DIMSE_SENT, EVT_PDU_SENT or
+EVT_DATA_SENT (which expect a call per message or PDU; PixPort binds none, and pynetdicom's
+logging handlers are not bound either), ``PendingWriter.for_event`` gives None and the handler
+yields its responses to pynetdicom one by one.
 """
 
 from __future__ import annotations
@@ -22,6 +22,8 @@ from __future__ import annotations
 import struct
 from collections.abc import Iterable
 from typing import Any
+
+from pynetdicom import evt
 
 from pixport.dimse.reactor import EventDrivenDUL
 
@@ -34,6 +36,8 @@ COMMAND_MORE = 0x01
 DATA_SET_LAST = 0x02
 DATA_SET_MORE = 0x00
 PDV_OVERHEAD = 6  # item length (4), presentation context ID (1), message control header (1)
+# Events triggered for each message or PDU sent: with a handler bound, pynetdicom sends.
+PER_MESSAGE_EVENTS = (evt.EVT_DIMSE_SENT, evt.EVT_PDU_SENT, evt.EVT_DATA_SENT)
 
 _ELEMENT = struct.Struct("<HHI")
 _US = struct.Struct("<H")
@@ -91,10 +95,12 @@ class PendingWriter:
 
     @classmethod
     def for_event(cls, event: Any) -> PendingWriter | None:
-        """A writer for the C-FIND of ``event``, or None where pynetdicom must send (TLS, another DUL)."""
+        """A writer for the C-FIND of ``event``, or None where pynetdicom must send (see the module doc)."""
         assoc = event.assoc
         dul = assoc.dul
-        if not isinstance(dul, EventDrivenDUL) or not dul._direct_send_possible():  # noqa: SLF001  see the module doc
+        if not isinstance(dul, EventDrivenDUL) or not dul._direct_send_possible():  # noqa: SLF001  the reactor's rule
+            return None
+        if any(assoc.get_handlers(event_type) for event_type in PER_MESSAGE_EVENTS):
             return None
         request = event.request
         command = command_set(int(request.MessageID), str(request.AffectedSOPClassUID), PENDING)
