@@ -25,6 +25,7 @@ from pixport.archive.node import Archive
 from pixport.archive.query import parse_query
 from pixport.config import DimseSettings
 from pixport.dicom.pixels import transcode_to_explicit_vr_little_endian
+from pixport.dimse import pdata
 from pixport.dimse.find import LEVELS, query_parameters
 from pixport.dimse.network import NODELAY_HANDLERS, client_ssl_context, find_remote
 from pixport.errors import BadQuery
@@ -107,7 +108,7 @@ def send_stored(assoc: Any) -> None:
         assoc._reactor_checkpoint.clear()  # noqa: SLF001  as send_c_store does
         while not assoc._is_paused:  # noqa: SLF001
             time.sleep(0.0001)
-        assoc.dimse.send_msg(request, context.context_id)
+        pdata.send_message(assoc, request, context.context_id)
         _, response = assoc.dimse.get_msg(block=True)
         assoc._reactor_checkpoint.set()  # noqa: SLF001
         if response is None:

@@ -1,0 +1,162 @@
+"""The P-DATA-TF PDUs of a whole DIMSE message, written directly.
+
+pynetdicom sends a DIMSE message as one P-DATA primitive per fragment, each fragment at most
+the peer's maximum PDU length (DCMTK's tools propose 16 kB): every fragment becomes a
+``P_DATA_TF`` object, is encoded through pynetdicom's general PDU machinery and sent by its own
+call into the upper layer.  That costs about 20-40 µs per fragment, and a 525 kB CT slice is 33
+fragments (docs/performance.md, C-GET and C-MOVE).  The layout is fixed (PS3.8 9.3.5 and Annex
+E.2), so here the headers are packed directly and the data fragments are views of the encoded
+message, never copied until they are written.
+
+``encode_message`` returns the same bytes as pynetdicom's ``DIMSEMessage.encode_msg`` followed
+by ``P_DATA_TF(primitive).encode()`` for each primitive (tests/unit/test_pdata.py compares them
+on every shape), or None for what it does not handle, which then goes pynetdicom's way:
+a data set streamed from a file, or a maximum PDU length pynetdicom refuses.
+
+``send_message`` is pynetdicom's ``DIMSEServiceProvider.send_msg`` with these PDUs written
+straight to the socket, the way ``reactor.EventDrivenDUL.send_pdu`` sends single fragments: only
+on an established, unencrypted association with nothing queued ahead, under the DUL's send lock,
+which is taken per chunk of whole PDUs so the DUL thread can act on what it receives meanwhile.
+Anything else, including an association with a handler bound to EVT_PDU_SENT or EVT_DATA_SENT
+(which expect one call per PDU), goes through pynetdicom.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterator
+from typing import Any
+
+from pynetdicom import evt
+from pynetdicom.dimse import _RQ_TO_MESSAGE, _RSP_TO_MESSAGE
+
+from pixport.dimse import commandset, reactor
+
+# P-DATA-TF PDU header (type 0x04, reserved, PDU length) and the header of its one
+# Presentation Data Value item (item length, presentation context ID, message control header).
+_HEADER = struct.Struct(">BBLLBB")
+P_DATA_TF_TYPE = 0x04
+HEADER_LENGTH = _HEADER.size  # 12
+PDV_OVERHEAD = 6  # item length (4), context ID (1), message control header (1)
+# Message control header bits (PS3.8 E.2): command (else data set), last fragment.
+COMMAND = 0x01
+LAST = 0x02
+
+# One P-DATA-TF PDU: its 12 header bytes and its fragment of the message.
+Pdu = tuple[bytes, memoryview]
+
+
+def fragment(context_id: int, data: bytes | memoryview, control: int, max_pdu_length: int) -> list[Pdu]:
+    """``data`` (not empty) as P-DATA-TF PDUs of one PDV each, as pynetdicom fragments it.
+
+    ``max_pdu_length`` is the peer's Maximum Length (of the PDV list of a PDU): each fragment
+    carries at most ``max_pdu_length - 6`` bytes of data, or all of it when the length is 0.
+    """
+    view = memoryview(data)
+    size = len(view)
+    step = size if max_pdu_length == 0 else max_pdu_length - PDV_OVERHEAD
+    pack = _HEADER.pack
+    last_start = ((size - 1) // step) * step
+    header = pack(P_DATA_TF_TYPE, 0, step + PDV_OVERHEAD, step + 2, context_id, control)
+    pdus = [(header, view[start : start + step]) for start in range(0, last_start, step)]
+    tail = size - last_start
+    pdus.append((pack(P_DATA_TF_TYPE, 0, tail + PDV_OVERHEAD, tail + 2, context_id, control | LAST), view[last_start:]))
+    return pdus
+
+
+def encode_message(message: Any, context_id: int, max_pdu_length: int, encoded_command_set: bytes) -> list[Pdu] | None:
+    """Every PDU of a DIMSE message (pynetdicom ``DIMSEMessage``), or None: pynetdicom's way.
+
+    ``encoded_command_set`` is the message's command set, Implicit VR Little Endian.
+    """
+    if 0 < max_pdu_length <= PDV_OVERHEAD or not encoded_command_set:
+        return None  # pynetdicom refuses such a length; an empty command set has no PDU
+    if message.data_set is None and getattr(message, "_data_set_path", None) is not None:
+        return None  # a data set streamed from a file
+    pdus = fragment(context_id, encoded_command_set, COMMAND, max_pdu_length)
+    if message.data_set is not None:
+        data = message.data_set.getvalue()
+        if len(data):
+            pdus.extend(fragment(context_id, data, 0, max_pdu_length))
+    return pdus
+
+
+# False sends every message through pynetdicom (for A/B measurements).
+FAST_SEND = True
+# Bytes of whole PDUs written per hold of the DUL's send lock.
+SEND_CHUNK = 1 << 20
+# Events that expect one call per PDU sent: with a handler bound, pynetdicom's path is kept.
+_PER_PDU_EVENTS = (evt.EVT_PDU_SENT, evt.EVT_DATA_SENT)
+
+
+def send_message(assoc: Any, primitive: Any, context_id: int) -> None:
+    """Send a DIMSE message (a request or response primitive), as ``assoc.dimse.send_msg`` does."""
+    dimse = assoc.dimse
+    if primitive.MessageIDBeingRespondedTo is None:
+        message = _RQ_TO_MESSAGE[primitive.__class__]()
+    else:
+        message = _RSP_TO_MESSAGE[primitive.__class__]()
+    message.primitive_to_message(primitive)
+    message.context_id = context_id
+    evt.trigger(assoc, evt.EVT_DIMSE_SENT, {"message": message})
+    max_pdu_length = dimse.maximum_pdu_size
+    pdus = None
+    if _direct_send_possible(assoc):
+        command_set = commandset.encode(message.command_set, True, True)  # noqa: FBT003  implicit VR LE
+        if command_set:
+            pdus = encode_message(message, context_id, max_pdu_length, command_set)
+    if pdus is None or not send_pdus(assoc.dul, pdus):
+        for pdata in message.encode_msg(context_id, max_pdu_length):
+            assoc.dul.send_pdu(pdata)
+
+
+def _direct_send_possible(assoc: Any) -> bool:
+    dul = assoc.dul
+    return (
+        FAST_SEND
+        and isinstance(dul, reactor.EventDrivenDUL)
+        and dul._direct_send_possible()  # noqa: SLF001  the reactor's own rule for direct sends
+        and not any(assoc.get_handlers(event) for event in _PER_PDU_EVENTS)
+    )
+
+
+def send_pdus(dul: Any, pdus: list[Pdu]) -> bool:
+    """Write encoded PDUs straight to the DUL's socket; False if they must be queued instead.
+
+    False (nothing sent) unless the association is established and nothing is queued for the
+    DUL to send.  Once started, the message is written to the end, or until the association
+    leaves the established state or the connection fails (Evt17, as pynetdicom's socket does).
+    """
+    lock = dul._send_lock  # noqa: SLF001  shared with the reactor's direct sends
+    first = True
+    for chunk in _chunks(pdus):
+        with lock:
+            if dul.state_machine.current_state != "Sta6":
+                return not first
+            if first and dul.to_provider_queue.qsize():
+                return False
+            first = False
+            transport = dul.socket.socket if dul.socket is not None else None
+            if transport is None:
+                return True
+            try:
+                transport.sendall(chunk)
+            except OSError:
+                dul.event_queue.put("Evt17")
+                return True
+    return True
+
+
+def _chunks(pdus: list[Pdu]) -> Iterator[bytes]:
+    """The PDUs joined into runs of about SEND_CHUNK bytes (whole PDUs only)."""
+    pending: list[bytes | memoryview] = []
+    size = 0
+    for header, data in pdus:
+        pending.append(header)
+        pending.append(data)
+        size += len(header) + len(data)
+        if size >= SEND_CHUNK:
+            yield b"".join(pending)
+            pending, size = [], 0
+    if pending:
+        yield b"".join(pending)
