@@ -137,12 +137,6 @@ def _text(value: Any) -> str:
     return str(value)
 
 
-def find_responses(archive: Archive, level_name: str, keys: list[Any]) -> Iterator[Dataset]:
-    """Response identifiers for a C-FIND at ``level_name`` with the identifier's ``keys``."""
-    for answer in find_answers(archive, level_name, keys):
-        yield to_dataset(answer, implicit_vr=False)
-
-
 def find_answers(archive: Archive, level_name: str, keys: list[Any]) -> Iterator[list[Encoded]]:
     """Each response identifier of a C-FIND at ``level_name``, as encoded elements.
 
