@@ -110,7 +110,8 @@ def test_getscu_receives_every_instance_as_stored(
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert_received_as_stored(listener, out, cts)
-    assert direct_sends == ([True] * len(cts) if fast else [])
+    # Each C-STORE, each pending C-GET response and the final one.
+    assert direct_sends == ([True] * (2 * len(cts) + 1) if fast else [])
 
 
 @pytest.mark.parametrize("max_pdu", ["8192", "65536"])
@@ -136,4 +137,5 @@ def test_movescu_destination_receives_every_instance_as_stored(
             finally:
                 receiver.terminate()
         assert_received_as_stored(listener, out, cts)
-    assert direct_sends == [True] * len(cts)
+    # Each C-STORE to the destination, each pending C-MOVE response and the final one.
+    assert direct_sends == [True] * (2 * len(cts) + 1)

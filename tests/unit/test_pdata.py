@@ -8,12 +8,12 @@ from typing import Any
 
 import pytest
 from pydicom.dataset import Dataset
-from pynetdicom.dimse_messages import C_ECHO_RQ, C_FIND_RSP, C_GET_RSP, C_STORE_RQ, C_STORE_RSP
-from pynetdicom.dimse_primitives import C_ECHO, C_FIND, C_GET, C_STORE
+from pynetdicom.dimse import _RQ_TO_MESSAGE, _RSP_TO_MESSAGE
+from pynetdicom.dimse_primitives import C_ECHO, C_FIND, C_GET, C_MOVE, C_STORE
 from pynetdicom.dsutils import encode
 from pynetdicom.pdu import P_DATA_TF
 
-from pixport.dimse import commandset, pdata
+from pixport.dimse import pdata
 
 CT_IMAGE = "1.2.840.10008.5.1.4.1.1.2"
 # The lengths that matter around a 16 kB PDU: one byte, one fragment exactly, one byte more, ...
@@ -22,62 +22,105 @@ DATA_LENGTHS = (0, 1, 2, 99, STEP - 1, STEP, STEP + 1, 2 * STEP, 2 * STEP + 1, 5
 MAX_PDU_LENGTHS = (0, 7, 8, 200, 4096, 16384, 16390, 131_072, 1 << 24)
 
 
-def c_store_rq(data: bytes) -> Any:
+def c_store_rq(data: bytes, *, moved: bool = True) -> C_STORE:
     primitive = C_STORE()
     primitive.MessageID = 7
     primitive.Priority = 2
     primitive.AffectedSOPClassUID = CT_IMAGE
     primitive.AffectedSOPInstanceUID = "1.2.826.0.1.3680043.8.498.12345678901234567890123456789012"
-    primitive.MoveOriginatorApplicationEntityTitle = "MOVESCU"
-    primitive.MoveOriginatorMessageID = 3
+    if moved:
+        primitive.MoveOriginatorApplicationEntityTitle = "MOVESCU"
+        primitive.MoveOriginatorMessageID = 3
     primitive.DataSet = io.BytesIO(data)
-    message = C_STORE_RQ()
-    message.primitive_to_message(primitive)
-    return message
+    return primitive
 
 
-def other_messages() -> list[Any]:
+def identifier() -> io.BytesIO:
+    dataset = Dataset()
+    dataset.QueryRetrieveLevel = "STUDY"
+    dataset.PatientName = "Hong^Gildong"
+    dataset.StudyInstanceUID = "1.2.3"
+    return io.BytesIO(encode(dataset, True, True))  # noqa: FBT003
+
+
+def retrieve_response(cls: type[C_GET | C_MOVE], status: int, *, counts: bool, failed: bool) -> C_GET | C_MOVE:
+    """A C-GET or C-MOVE response as pynetdicom's service class builds them."""
+    primitive = cls()
+    primitive.MessageID = 2  # set by pynetdicom, not part of a response's command set
+    primitive.MessageIDBeingRespondedTo = 2
+    primitive.AffectedSOPClassUID = "1.2.840.10008.5.1.4.1.2.2.3"
+    primitive.Status = status
+    if counts:
+        primitive.NumberOfRemainingSuboperations = 499
+        primitive.NumberOfCompletedSuboperations = 1
+        primitive.NumberOfFailedSuboperations = 0
+        primitive.NumberOfWarningSuboperations = 0
+    if failed:
+        failures = Dataset()
+        failures.FailedSOPInstanceUIDList = ["1.2.3.4", "1.2.3.5"]
+        primitive.Identifier = io.BytesIO(encode(failures, True, True))  # noqa: FBT003
+    return primitive
+
+
+def primitives() -> list[Any]:
+    """Every kind of message C-GET and C-MOVE send, and a few others."""
     echo = C_ECHO()
     echo.MessageID = 1
     echo.AffectedSOPClassUID = "1.2.840.10008.1.1"
+    echo_rsp = C_ECHO()
+    echo_rsp.MessageIDBeingRespondedTo = 1
+    echo_rsp.AffectedSOPClassUID = "1.2.840.10008.1.1"
+    echo_rsp.Status = 0
     store_rsp = C_STORE()
     store_rsp.MessageIDBeingRespondedTo = 9
     store_rsp.AffectedSOPClassUID = CT_IMAGE
     store_rsp.AffectedSOPInstanceUID = "1.2.3.4"
-    store_rsp.Status = 0
-    get_rsp = C_GET()
-    get_rsp.MessageIDBeingRespondedTo = 2
-    get_rsp.AffectedSOPClassUID = "1.2.840.10008.5.1.4.1.2.2.3"
-    get_rsp.Status = 0xFF00
-    get_rsp.NumberOfRemainingSuboperations = 499
-    get_rsp.NumberOfCompletedSuboperations = 1
-    get_rsp.NumberOfFailedSuboperations = 0
-    get_rsp.NumberOfWarningSuboperations = 0
-    identifier = Dataset()
-    identifier.QueryRetrieveLevel = "STUDY"
-    identifier.PatientName = "Hong^Gildong"
-    identifier.StudyInstanceUID = "1.2.3"
+    store_rsp.Status = 0xA700
+    store_rsp.ErrorComment = "out of resources"
+    find_rq = C_FIND()
+    find_rq.MessageID = 5
+    find_rq.Priority = 0
+    find_rq.AffectedSOPClassUID = "1.2.840.10008.5.1.4.1.2.2.1"
+    find_rq.Identifier = identifier()
     find_rsp = C_FIND()
     find_rsp.MessageIDBeingRespondedTo = 5
     find_rsp.AffectedSOPClassUID = "1.2.840.10008.5.1.4.1.2.2.1"
     find_rsp.Status = 0xFF00
-    find_rsp.Identifier = io.BytesIO(encode(identifier, True, True))  # noqa: FBT003
-    messages = []
-    for cls, primitive in ((C_ECHO_RQ, echo), (C_STORE_RSP, store_rsp), (C_GET_RSP, get_rsp), (C_FIND_RSP, find_rsp)):
-        message = cls()
-        message.primitive_to_message(primitive)
-        messages.append(message)
-    return messages
+    find_rsp.Identifier = identifier()
+    move_rq = C_MOVE()
+    move_rq.MessageID = 6
+    move_rq.Priority = 2
+    move_rq.AffectedSOPClassUID = "1.2.840.10008.5.1.4.1.2.2.2"
+    move_rq.MoveDestination = "STORESCP"
+    move_rq.Identifier = identifier()
+    return [
+        echo,
+        echo_rsp,
+        c_store_rq(b"\0" * 1000),
+        c_store_rq(b"\0" * 1000, moved=False),
+        c_store_rq(b""),
+        store_rsp,
+        find_rq,
+        find_rsp,
+        move_rq,
+        *(
+            retrieve_response(cls, status, counts=counts, failed=failed)
+            for cls in (C_GET, C_MOVE)
+            for status, counts, failed in ((0xFF00, True, False), (0x0000, False, False), (0xB000, False, True))
+        ),
+    ]
 
 
-def pynetdicom_bytes(message: Any, context_id: int, max_pdu_length: int) -> bytes:
+def pynetdicom_bytes(primitive: Any, context_id: int, max_pdu_length: int) -> bytes:
+    """What pynetdicom's DIMSEServiceProvider.send_msg hands to the DUL, as bytes on the wire."""
+    table = _RQ_TO_MESSAGE if primitive.MessageIDBeingRespondedTo is None else _RSP_TO_MESSAGE
+    message = table[type(primitive)]()
+    message.primitive_to_message(primitive)
     return b"".join(P_DATA_TF(p).encode() for p in message.encode_msg(context_id, max_pdu_length))
 
 
-def our_bytes(message: Any, context_id: int, max_pdu_length: int) -> bytes:
-    command_set = commandset.encode(message.command_set, True, True)  # noqa: FBT003
-    assert command_set is not None
-    pdus = pdata.encode_message(message, context_id, max_pdu_length, command_set)
+def our_bytes(primitive: Any, context_id: int, max_pdu_length: int) -> bytes:
+    pdus = pdata.encode_primitive(primitive, context_id, max_pdu_length)
     assert pdus is not None
     for header, data in pdus:
         assert len(header) + len(data) <= max_pdu_length + 6 or max_pdu_length == 0
@@ -90,15 +133,14 @@ def test_c_store_request_as_pynetdicom_writes_it(length: int, max_pdu_length: in
     if max_pdu_length < 16 and length > 4 * STEP:
         pytest.skip("hundreds of thousands of PDUs: slow and says nothing more")
     data = bytes(range(256)) * (length // 256) + bytes(length % 256)
-    message = c_store_rq(data)
-    expected = pynetdicom_bytes(message, 5, max_pdu_length)
-    assert our_bytes(c_store_rq(data), 5, max_pdu_length) == expected
+    primitive = c_store_rq(data)
+    assert our_bytes(primitive, 5, max_pdu_length) == pynetdicom_bytes(primitive, 5, max_pdu_length)
 
 
 @pytest.mark.parametrize("max_pdu_length", MAX_PDU_LENGTHS)
 def test_other_messages_as_pynetdicom_writes_them(max_pdu_length: int) -> None:
-    for message, again in zip(other_messages(), other_messages(), strict=True):
-        assert our_bytes(again, 255, max_pdu_length) == pynetdicom_bytes(message, 255, max_pdu_length)
+    for primitive in primitives():
+        assert our_bytes(primitive, 255, max_pdu_length) == pynetdicom_bytes(primitive, 255, max_pdu_length)
 
 
 def test_a_fragment_never_exceeds_the_peer_maximum() -> None:
@@ -109,18 +151,28 @@ def test_a_fragment_never_exceeds_the_peer_maximum() -> None:
 
 @pytest.mark.parametrize("max_pdu_length", [1, 6])
 def test_lengths_pynetdicom_refuses_are_left_to_it(max_pdu_length: int) -> None:
-    message = c_store_rq(b"data")
-    command_set = commandset.encode(message.command_set, True, True)  # noqa: FBT003
-    assert command_set is not None
-    assert pdata.encode_message(message, 1, max_pdu_length, command_set) is None
+    primitive = c_store_rq(b"data")
+    assert pdata.encode_primitive(primitive, 1, max_pdu_length) is None
     with pytest.raises((ValueError, ZeroDivisionError)):  # what pynetdicom does with them
-        pynetdicom_bytes(message, 1, max_pdu_length)
+        pynetdicom_bytes(primitive, 1, max_pdu_length)
 
 
-def test_a_data_set_streamed_from_a_file_is_left_to_pynetdicom(tmp_path: Path) -> None:
-    message = c_store_rq(b"")
-    message.data_set = None
-    message._data_set_path = (tmp_path / "x.dcm", 132)
-    command_set = commandset.encode(message.command_set, True, True)  # noqa: FBT003
-    assert command_set is not None
-    assert pdata.encode_message(message, 1, 16384, command_set) is None
+def test_what_the_direct_encoder_does_not_know_is_left_to_pynetdicom(tmp_path: Path) -> None:
+    from_file = c_store_rq(b"")
+    from_file.DataSet = None
+    from_file._dataset_path = (tmp_path / "x.dcm", 132)
+    offending = C_STORE()
+    offending.MessageIDBeingRespondedTo = 9
+    offending.AffectedSOPClassUID = CT_IMAGE
+    offending.Status = 0xA900
+    offending.OffendingElement = [0x00100010]  # AT, not one of commandset's
+    latin = C_STORE()
+    latin.MessageIDBeingRespondedTo = 9
+    latin.AffectedSOPClassUID = CT_IMAGE
+    latin.Status = 0xC000
+    latin.ErrorComment = "donn\u00e9es"  # not ASCII
+    for primitive in (from_file, offending, latin):
+        assert pdata.command_set_bytes(primitive) is None
+        assert pdata.encode_primitive(primitive, 1, 16384) is None
+    for primitive in (offending, latin):
+        assert pynetdicom_bytes(primitive, 1, 16384)  # pynetdicom sends them

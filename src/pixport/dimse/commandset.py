@@ -100,6 +100,27 @@ def encode_command_set(dataset: Dataset) -> bytes:
     return b"".join(parts)
 
 
+def encode_command_values(values: dict[int, Any]) -> bytes:
+    """A command set from tag -> value, its Command Group Length computed, as pynetdicom writes it.
+
+    For messages built without a pydicom Dataset (``pdata.command_set_bytes``); raises
+    Unsupported or ValueError for what ``encode_command_set`` would not encode either.
+    """
+    parts = []
+    for tag in sorted(values):
+        if tag == 0:  # Command Group Length: computed below
+            continue
+        vr = _COMMAND_VRS.get(tag)
+        value = values[tag]
+        if vr is None or isinstance(value, (list, bytes)):
+            raise Unsupported
+        data = _value(vr, value)
+        parts.append(_ELEMENT.pack(tag >> 16, tag & 0xFFFF, len(data)))
+        parts.append(data)
+    body = b"".join(parts)
+    return _ELEMENT.pack(0, 0, 4) + _UL.pack(len(body)) + body
+
+
 def decode_command_set(data: bytes) -> Dataset:
     """A command set from Implicit VR Little Endian bytes; raises Unsupported for the unusual."""
     elements: dict[BaseTag, DataElement | RawDataElement] = {}

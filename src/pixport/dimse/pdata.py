@@ -23,12 +23,15 @@ Anything else, including an association with a handler bound to EVT_PDU_SENT or 
 
 from __future__ import annotations
 
+import functools
 import struct
 from collections.abc import Iterator
 from typing import Any
 
+from pydicom.datadict import tag_for_keyword
 from pynetdicom import evt
 from pynetdicom.dimse import _RQ_TO_MESSAGE, _RSP_TO_MESSAGE
+from pynetdicom.dimse_messages import _COMMAND_SET_KEYWORDS, _DATASET_KEYWORDS, _MESSAGE_TYPES
 
 from pixport.dimse import commandset, reactor
 
@@ -41,6 +44,8 @@ PDV_OVERHEAD = 6  # item length (4), context ID (1), message control header (1)
 # Message control header bits (PS3.8 E.2): command (else data set), last fragment.
 COMMAND = 0x01
 LAST = 0x02
+COMMAND_FIELD = 0x00000100
+COMMAND_DATA_SET_TYPE = 0x00000800
 
 # One P-DATA-TF PDU: its 12 header bytes and its fragment of the message.
 Pdu = tuple[bytes, memoryview]
@@ -64,50 +69,93 @@ def fragment(context_id: int, data: bytes | memoryview, control: int, max_pdu_le
     return pdus
 
 
-def encode_message(message: Any, context_id: int, max_pdu_length: int, encoded_command_set: bytes) -> list[Pdu] | None:
-    """Every PDU of a DIMSE message (pynetdicom ``DIMSEMessage``), or None: pynetdicom's way.
+def encode_pdus(context_id: int, command_set: bytes, data_set: bytes | None, max_pdu_length: int) -> list[Pdu] | None:
+    """Every PDU of a DIMSE message from its encoded command set and data set, or None.
 
-    ``encoded_command_set`` is the message's command set, Implicit VR Little Endian.
+    None (pynetdicom's way) for an empty command set, which has no PDU, and for a maximum PDU
+    length pynetdicom refuses.  An empty data set, like none, has no PDU.
     """
-    if 0 < max_pdu_length <= PDV_OVERHEAD or not encoded_command_set:
-        return None  # pynetdicom refuses such a length; an empty command set has no PDU
-    if message.data_set is None and getattr(message, "_data_set_path", None) is not None:
-        return None  # a data set streamed from a file
-    pdus = fragment(context_id, encoded_command_set, COMMAND, max_pdu_length)
-    if message.data_set is not None:
-        data = message.data_set.getvalue()
-        if len(data):
-            pdus.extend(fragment(context_id, data, 0, max_pdu_length))
+    if 0 < max_pdu_length <= PDV_OVERHEAD or not command_set:
+        return None
+    pdus = fragment(context_id, command_set, COMMAND, max_pdu_length)
+    if data_set:
+        pdus.extend(fragment(context_id, data_set, 0, max_pdu_length))
     return pdus
+
+
+@functools.cache
+def _layout(message_class: type) -> tuple[int, tuple[tuple[int, str], ...], str | None]:
+    """A message type's Command Field, its other command elements (tag, keyword), its data set keyword."""
+    name = message_class.__name__
+    command_field = next(
+        field for field, (type_name, _) in _MESSAGE_TYPES.items() if type_name == name.replace("_", "-")
+    )
+    computed = {"CommandGroupLength", "CommandField", "CommandDataSetType"}
+    elements = tuple(
+        (int(tag_for_keyword(keyword) or 0), keyword)
+        for keyword in _COMMAND_SET_KEYWORDS[name.replace("_", "-")]
+        if keyword not in computed
+    )
+    return command_field, elements, _DATASET_KEYWORDS.get(name)
+
+
+def command_set_bytes(primitive: Any) -> bytes | None:
+    """The command set pynetdicom's ``primitive_to_message`` would build and encode, or None.
+
+    Written without building a pydicom Dataset: elements whose parameter is None are left out,
+    Command Data Set Type says whether the primitive carries a data set.  None for a data set
+    streamed from a file and for any value ``commandset.encode_command_values`` does not encode.
+    """
+    if getattr(primitive, "_dataset_path", None) is not None:
+        return None
+    table = _RQ_TO_MESSAGE if primitive.MessageIDBeingRespondedTo is None else _RSP_TO_MESSAGE
+    message_class = table.get(type(primitive))
+    if message_class is None:
+        return None
+    command_field, elements, data_set_keyword = _layout(message_class)
+    has_data_set = data_set_keyword is not None and bool(getattr(primitive, data_set_keyword))
+    values: dict[int, Any] = {COMMAND_FIELD: command_field, COMMAND_DATA_SET_TYPE: 0x0001 if has_data_set else 0x0101}
+    for tag, keyword in elements:
+        value = getattr(primitive, keyword)
+        if value is not None:
+            values[tag] = value
+    try:
+        return commandset.encode_command_values(values)
+    except (commandset.Unsupported, ValueError, TypeError, struct.error):
+        return None
+
+
+def encode_primitive(primitive: Any, context_id: int, max_pdu_length: int) -> list[Pdu] | None:
+    """Every PDU of the message for a DIMSE primitive, as pynetdicom would send it, or None."""
+    command_set = command_set_bytes(primitive)
+    if command_set is None:
+        return None
+    table = _RQ_TO_MESSAGE if primitive.MessageIDBeingRespondedTo is None else _RSP_TO_MESSAGE
+    data_set_keyword = _layout(table[type(primitive)])[2]
+    stream = getattr(primitive, data_set_keyword) if data_set_keyword else None
+    return encode_pdus(context_id, command_set, stream.getvalue() if stream is not None else None, max_pdu_length)
 
 
 # False sends every message through pynetdicom (for A/B measurements).
 FAST_SEND = True
 # Bytes of whole PDUs written per hold of the DUL's send lock.
 SEND_CHUNK = 1 << 20
-# Events that expect one call per PDU sent: with a handler bound, pynetdicom's path is kept.
-_PER_PDU_EVENTS = (evt.EVT_PDU_SENT, evt.EVT_DATA_SENT)
+# Events that expect a call per message or PDU sent: with a handler bound, pynetdicom sends.
+_PER_MESSAGE_EVENTS = (evt.EVT_DIMSE_SENT, evt.EVT_PDU_SENT, evt.EVT_DATA_SENT)
 
 
 def send_message(assoc: Any, primitive: Any, context_id: int) -> None:
     """Send a DIMSE message (a request or response primitive), as ``assoc.dimse.send_msg`` does."""
-    dimse = assoc.dimse
-    if primitive.MessageIDBeingRespondedTo is None:
-        message = _RQ_TO_MESSAGE[primitive.__class__]()
-    else:
-        message = _RSP_TO_MESSAGE[primitive.__class__]()
-    message.primitive_to_message(primitive)
-    message.context_id = context_id
-    evt.trigger(assoc, evt.EVT_DIMSE_SENT, {"message": message})
-    max_pdu_length = dimse.maximum_pdu_size
-    pdus = None
     if _direct_send_possible(assoc):
-        command_set = commandset.encode(message.command_set, True, True)  # noqa: FBT003  implicit VR LE
-        if command_set:
-            pdus = encode_message(message, context_id, max_pdu_length, command_set)
-    if pdus is None or not send_pdus(assoc.dul, pdus):
-        for pdata in message.encode_msg(context_id, max_pdu_length):
-            assoc.dul.send_pdu(pdata)
+        pdus = encode_primitive(primitive, context_id, assoc.dimse.maximum_pdu_size)
+        if pdus is not None and send_pdus(assoc.dul, pdus):
+            return
+    type(assoc.dimse).send_msg(assoc.dimse, primitive, context_id)
+
+
+def send_directly(assoc: Any) -> None:
+    """Make every message sent through ``assoc.dimse.send_msg`` go by ``send_message``."""
+    assoc.dimse.send_msg = functools.partial(send_message, assoc)
 
 
 def _direct_send_possible(assoc: Any) -> bool:
@@ -116,7 +164,7 @@ def _direct_send_possible(assoc: Any) -> bool:
         FAST_SEND
         and isinstance(dul, reactor.EventDrivenDUL)
         and dul._direct_send_possible()  # noqa: SLF001  the reactor's own rule for direct sends
-        and not any(assoc.get_handlers(event) for event in _PER_PDU_EVENTS)
+        and not any(assoc.get_handlers(event) for event in _PER_MESSAGE_EVENTS)
     )
 
 

@@ -87,8 +87,11 @@ def send_stored(assoc: Any) -> None:
 
     Mirrors the end of pynetdicom 3.0.4's ``Association.send_c_store`` with the data set already
     encoded (the C-STORE primitive carries encoded bytes).  Other data sets go through unchanged.
+    Every message on the association (the C-STOREs, and the pending C-GET responses pynetdicom
+    sends after each) is written by ``pdata.send_message``.
     """
     original = assoc.send_c_store
+    pdata.send_directly(assoc)
 
     def send_c_store(dataset: Any, msg_id: int = 1, priority: int = 2, originator_aet: str | None = None,
                      originator_id: int | None = None) -> Dataset:  # fmt: skip
@@ -243,6 +246,7 @@ def handle_c_move(event: Any, archive: Archive, settings: DimseSettings) -> Iter
         yield failure, None
         return
     log.info("dimse.move", destination=destination.ae_title, instances=len(instances))
+    pdata.send_directly(event.assoc)  # the pending C-MOVE responses
     yield len(instances)
     yield from _suboperations(event, archive, instances, accepted)
 
