@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 import orjson
@@ -208,6 +209,10 @@ class SqlIndexStore:
         self._study_pks: dict[str, int] = {}
         self._series_pks: dict[str, int] = {}
 
+    def writing(self) -> AbstractContextManager[object]:
+        """Held around every write transaction (the SQLite store serializes writers with it)."""
+        return nullcontext()
+
     def create_schema(self) -> None:
         """Create tables and indexes that do not exist yet."""
         with self._errors():
@@ -233,7 +238,7 @@ class SqlIndexStore:
         if not batch:
             return []
         now = _now()
-        with self._errors(), self.write_engine.begin() as conn:
+        with self.writing(), self._errors(), self.write_engine.begin() as conn:
             study_pks = self._ensure(
                 conn,
                 studies,

@@ -1,0 +1,72 @@
+"""SQLite writers queue on a kernel lock beside the database, not in SQLite's busy sleeps."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import threading
+from pathlib import Path
+
+from pydicom.uid import generate_uid
+
+from pixport.storage.base import NewInstance, Outcome
+from pixport.storage.sqlite import SqliteIndexStore
+
+
+def new_instance() -> NewInstance:
+    document = b'{"00080018": {"vr": "UI"}}'
+    return NewInstance(
+        sop_class_uid="1.2.840.10008.5.1.4.1.1.7",
+        sop_instance_uid=generate_uid(),
+        series_instance_uid=generate_uid(),
+        study_instance_uid=generate_uid(),
+        digest="a" * 64,
+        size=10,
+        attributes={"transfer_syntax_uid": "1.2.840.10008.1.2.1"},
+        metadata_json=document,
+        study_json=b"{}",
+        series_json=b"{}",
+        instance_json=document,
+        source="test",
+    )
+
+
+def test_a_writer_waits_for_the_lock_another_process_holds(tmp_path: Path) -> None:
+    store = SqliteIndexStore(tmp_path / "index.sqlite")
+    lock_file = tmp_path / "index.sqlite.write-lock"
+    outcomes: list[list[Outcome]] = []
+    finished = threading.Event()
+
+    def write() -> None:
+        outcomes.append(store.store_instances([new_instance()]))
+        finished.set()
+
+    holder = os.open(lock_file, os.O_RDWR | os.O_CREAT)  # another process's descriptor, in effect
+    try:
+        fcntl.flock(holder, fcntl.LOCK_EX)
+        writer = threading.Thread(target=write)
+        writer.start()
+        assert not finished.wait(0.5), "the write went ahead while another writer held the lock"
+        assert store.count_instances() == 0
+        fcntl.flock(holder, fcntl.LOCK_UN)
+        assert finished.wait(30)
+        writer.join(30)
+    finally:
+        os.close(holder)
+        store.close()
+    assert outcomes == [[Outcome.STORED]]
+
+
+def test_threads_of_one_process_take_turns(tmp_path: Path) -> None:
+    store = SqliteIndexStore(tmp_path / "index.sqlite")
+    try:
+        with store.writing():
+            finished = threading.Event()
+            writer = threading.Thread(target=lambda: (store.store_instances([new_instance()]), finished.set()))
+            writer.start()
+            assert not finished.wait(0.5)
+        assert finished.wait(30)
+        writer.join(30)
+        assert store.count_instances() == 1
+    finally:
+        store.close()
