@@ -24,6 +24,7 @@ from dimse_support import (
     free_port,
     sop_instance_uid,
     start_listener,
+    stored,
     tool,
 )
 from pydicom.uid import generate_uid
@@ -139,3 +140,22 @@ def test_movescu_destination_receives_every_instance_as_stored(
         assert_received_as_stored(listener, out, cts)
     # Each C-STORE to the destination, each pending C-MOVE response and the final one.
     assert direct_sends == [True] * (2 * len(cts) + 1)
+
+
+def test_a_missing_blob_fails_its_sub_operation_only(listener: Listener, tmp_path: Path) -> None:
+    """A blob that cannot be read fails its sub-operation: the others are sent, the C-GET warns."""
+    cts = larger_cts(tmp_path / "cts", 3)
+    study = store(listener, cts)
+    lost = sop_instance_uid(cts[1])
+    listener.archive.blobs.path_of(stored(listener.archive, lost).digest).unlink()  # type: ignore[attr-defined]
+    out = tmp_path / "got"
+    out.mkdir()
+    result = dcmtk(
+        "getscu", "+B", "-v", "-S", "-aet", "GETSCU", "-aec", AE_TITLE, "-od", out,
+        "-k", "QueryRetrieveLevel=STUDY", "-k", f"StudyInstanceUID={study}", "127.0.0.1", listener.port,
+    )  # fmt: skip
+    report = result.stdout + result.stderr
+    assert "Warning" in report, report
+    assert "Number of Completed Suboperations : 2" in report, report
+    assert "Number of Failed Suboperations    : 1" in report, report
+    assert_received_as_stored(listener, out, [cts[0], cts[2]])
