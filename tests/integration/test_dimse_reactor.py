@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from dimse_support import AE_TITLE, CORPUS, Listener, dcmtk, start_listener
 from pynetdicom import AE, evt
+from pynetdicom.dimse_primitives import C_ECHO
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from pixport.dimse import reactor
@@ -165,5 +166,54 @@ def test_a_send_from_another_thread_keeps_its_response(listener: Listener) -> No
             assert checkpoint.passed.wait(2)
             assert assoc.send_c_echo().get("Status") == 0
             assert assoc.is_established
+    finally:
+        assoc.release()
+
+
+def test_a_borrowed_socket_is_read_by_the_borrower_only(listener: Listener) -> None:
+    """While a thread borrows the socket, the DUL thread leaves it alone; a PDU handed over reaches pynetdicom."""
+    configure_pynetdicom()
+    ae = AE(ae_title="REACTORTEST")
+    ae.add_requested_context(Verification)
+    assoc = ae.associate("127.0.0.1", listener.port, ae_title=AE_TITLE)
+    try:
+        assert assoc.is_established
+        context_id = assoc.accepted_contexts[0].context_id
+        echo = C_ECHO()
+        echo.MessageID = 7
+        echo.AffectedSOPClassUID = Verification
+        assoc._reactor_checkpoint.clear()  # as a send_* call does: the association loop keeps off the queue
+        while not assoc._is_paused:
+            threading.Event().wait(0.001)
+        with assoc.dul.borrow_socket() as reader:
+            assert reader is not None
+            assert reader.read_pdu(0.1) is None  # nothing yet
+            assoc.dimse.send_msg(echo, context_id)
+            data = reader.read_pdu(5)  # the DUL thread, had it read the response, would leave None here
+            assert data is not None
+            assert data[0] == 0x04  # P-DATA-TF
+            threading.Event().wait(3 * reactor.IDLE_CHECK)
+            assert assoc.dimse.msg_queue.qsize() == 0
+            reader.hand_over(data)
+        _, response = assoc.dimse.get_msg(block=True)
+        assert response is not None
+        assert (response.MessageIDBeingRespondedTo, response.Status) == (7, 0)
+        assoc._reactor_checkpoint.set()
+        assert assoc.send_c_echo().Status == 0  # and the DUL thread reads the socket again
+    finally:
+        assoc.release()
+
+
+def test_no_borrowing_where_handlers_watch_what_is_received(listener: Listener) -> None:
+    configure_pynetdicom()
+    ae = AE(ae_title="REACTORTEST")
+    ae.add_requested_context(Verification)
+    seen: list[Any] = []
+    assoc = ae.associate("127.0.0.1", listener.port, ae_title=AE_TITLE, evt_handlers=[(evt.EVT_PDU_RECV, seen.append)])
+    try:
+        with assoc.dul.borrow_socket() as reader:
+            assert reader is None
+        assert assoc.send_c_echo().Status == 0
+        assert seen
     finally:
         assoc.release()

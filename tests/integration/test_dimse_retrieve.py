@@ -27,7 +27,13 @@ from dimse_support import (
     stored,
     tool,
 )
-from pydicom.uid import generate_uid
+from pydicom.dataset import Dataset
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pynetdicom import AE, build_role, evt
+from pynetdicom.sop_class import (  # type: ignore[attr-defined]
+    CTImageStorage,
+    StudyRootQueryRetrieveInformationModelGet,
+)
 
 from pixport.dimse import pdata
 
@@ -76,6 +82,21 @@ def direct_sends(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
     return results
 
 
+@pytest.fixture
+def responses_read(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
+    """For each C-STORE response awaited by ``pdata.exchange``: whether it was read on the sending thread."""
+    results: list[bool] = []
+    original = pdata.c_store_response
+
+    def recording(pdu: bytes, message_id: int, context_id: int) -> Any:
+        response = original(pdu, message_id, context_id)
+        results.append(response is not None)
+        return response
+
+    monkeypatch.setattr(pdata, "c_store_response", recording)
+    return results
+
+
 def store(listener: Listener, paths: list[Path]) -> str:
     result = dcmtk("storescu", "-aec", AE_TITLE, "127.0.0.1", listener.port, *paths)
     assert result.returncode == 0, result.stderr
@@ -96,11 +117,13 @@ def test_getscu_receives_every_instance_as_stored(
     tmp_path: Path,
     direct_sends: list[bool],
     monkeypatch: pytest.MonkeyPatch,
+    responses_read: list[bool],
     max_pdu: str,
     *,
     fast: bool,
 ) -> None:
     monkeypatch.setattr(pdata, "FAST_SEND", fast)
+    monkeypatch.setattr(pdata, "READ_RESPONSES", fast)
     cts = larger_cts(tmp_path / "cts", 3)
     study = store(listener, [*cts, CT])  # CT_small: another study, not retrieved
     out = tmp_path / "got"
@@ -113,11 +136,12 @@ def test_getscu_receives_every_instance_as_stored(
     assert_received_as_stored(listener, out, cts)
     # Each C-STORE, each pending C-GET response and the final one.
     assert direct_sends == ([True] * (2 * len(cts) + 1) if fast else [])
+    assert responses_read == ([True] * len(cts) if fast else [])
 
 
 @pytest.mark.parametrize("max_pdu", ["8192", "65536"])
 def test_movescu_destination_receives_every_instance_as_stored(
-    tmp_path: Path, direct_sends: list[bool], max_pdu: str
+    tmp_path: Path, direct_sends: list[bool], responses_read: list[bool], max_pdu: str
 ) -> None:
     """The sub-operations go on the association PixPort opens to the destination (DCMTK storescp)."""
     port = free_port()
@@ -140,6 +164,7 @@ def test_movescu_destination_receives_every_instance_as_stored(
         assert_received_as_stored(listener, out, cts)
     # Each C-STORE to the destination, each pending C-MOVE response and the final one.
     assert direct_sends == [True] * (2 * len(cts) + 1)
+    assert responses_read == [True] * len(cts)
 
 
 def test_a_missing_blob_fails_its_sub_operation_only(listener: Listener, tmp_path: Path) -> None:
@@ -159,3 +184,51 @@ def test_a_missing_blob_fails_its_sub_operation_only(listener: Listener, tmp_pat
     assert "Number of Completed Suboperations : 2" in report, report
     assert "Number of Failed Suboperations    : 1" in report, report
     assert_received_as_stored(listener, out, [cts[0], cts[2]])
+
+
+def test_a_c_cancel_ahead_of_a_response_is_handed_over_and_honoured(
+    listener: Listener, tmp_path: Path, responses_read: list[bool]
+) -> None:
+    """A C-CANCEL that arrives before the C-STORE response the sending thread waits for.
+
+    getscu cannot cancel, so pynetdicom is the C-GET SCU here: its C-STORE handler sends the
+    C-CANCEL before it answers the first sub-operation.  The listener's sending thread reads the
+    C-CANCEL, hands it to the DUL (which records it), takes the response pynetdicom's way, and
+    the C-GET ends as cancelled after that one sub-operation.
+    """
+    cts = larger_cts(tmp_path / "cts", 4)
+    study = store(listener, cts)
+    received: list[str] = []
+
+    def on_store(event: Any) -> int:
+        received.append(str(event.request.AffectedSOPInstanceUID))
+        if len(received) == 1:
+            event.assoc.send_c_cancel(1, query_model=StudyRootQueryRetrieveInformationModelGet)
+        return 0x0000
+
+    ae = AE(ae_title="GETTER")
+    ae.add_requested_context(StudyRootQueryRetrieveInformationModelGet)
+    ae.add_requested_context(CTImageStorage, ExplicitVRLittleEndian)
+    assoc = ae.associate(
+        "127.0.0.1",
+        listener.port,
+        ae_title=AE_TITLE,
+        ext_neg=[build_role(CTImageStorage, scp_role=True)],
+        evt_handlers=[(evt.EVT_C_STORE, on_store)],
+    )
+    assert assoc.is_established
+    identifier = Dataset()
+    identifier.QueryRetrieveLevel = "STUDY"
+    identifier.StudyInstanceUID = study
+    try:
+        started = time.monotonic()
+        responses = list(assoc.send_c_get(identifier, StudyRootQueryRetrieveInformationModelGet, msg_id=1))
+        elapsed = time.monotonic() - started
+    finally:
+        assoc.release()
+    status, _ = responses[-1]
+    assert status.Status == 0xFE00  # Cancel
+    assert status.NumberOfCompletedSuboperations == 1
+    assert received == [sop_instance_uid(cts[0])]
+    assert responses_read == [False]  # the C-CANCEL came first: handed over, not taken for the response
+    assert elapsed < 5  # no wait for a DIMSE timeout

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 from pydicom.dataset import Dataset
 from pynetdicom.dimse import _RQ_TO_MESSAGE, _RSP_TO_MESSAGE
+from pynetdicom.dimse_messages import DIMSEMessage
 from pynetdicom.dimse_primitives import C_ECHO, C_FIND, C_GET, C_MOVE, C_STORE
 from pynetdicom.dsutils import encode
 from pynetdicom.pdu import P_DATA_TF
@@ -176,3 +177,77 @@ def test_what_the_direct_encoder_does_not_know_is_left_to_pynetdicom(tmp_path: P
         assert pdata.encode_primitive(primitive, 1, 16384) is None
     for primitive in (offending, latin):
         assert pynetdicom_bytes(primitive, 1, 16384)  # pynetdicom sends them
+
+
+def store_response(status: int, comment: str | None = None, instance: str = "1.2.3.44") -> C_STORE:
+    primitive = C_STORE()
+    primitive.MessageIDBeingRespondedTo = 12
+    primitive.AffectedSOPClassUID = CT_IMAGE
+    primitive.AffectedSOPInstanceUID = instance
+    primitive.Status = status
+    if comment:
+        primitive.ErrorComment = comment
+    return primitive
+
+
+def pynetdicom_decoded(pdu: bytes) -> Any:
+    """The primitive pynetdicom's DIMSE provider makes of one received P-DATA-TF PDU."""
+    received = P_DATA_TF()
+    received.decode(pdu)
+    message = DIMSEMessage()
+    assert message.decode_msg(received.to_primitive())
+    return message.message_to_primitive()
+
+
+PARAMETERS = ("MessageIDBeingRespondedTo", "AffectedSOPClassUID", "AffectedSOPInstanceUID", "Status", "ErrorComment")
+
+
+@pytest.mark.parametrize(
+    "sent",
+    [
+        store_response(0x0000),
+        store_response(0x0000, instance="1.2.3.4"),  # odd length: padded with a NUL
+        store_response(0xB000, "coerced"),
+        store_response(0xA700, "out of resources!"),  # odd length: padded with a space
+        store_response(0xC211),
+    ],
+)
+def test_a_c_store_response_reads_as_pynetdicom_reads_it(sent: C_STORE) -> None:
+    (pdu,) = [P_DATA_TF(p).encode() for p in pynetdicom_message(sent).encode_msg(3, 16384)]
+    ours = pdata.c_store_response(pdu, 12, 3)
+    assert ours is not None
+    theirs = pynetdicom_decoded(pdu)
+    assert [getattr(ours, keyword) for keyword in PARAMETERS] == [getattr(theirs, keyword) for keyword in PARAMETERS]
+
+
+def test_anything_but_the_awaited_c_store_response_is_not_read() -> None:
+    ok = store_response(0)
+    (pdu,) = [P_DATA_TF(p).encode() for p in pynetdicom_message(ok).encode_msg(3, 16384)]
+    assert pdata.c_store_response(pdu, 12, 3) is not None
+    assert pdata.c_store_response(pdu, 13, 3) is None  # another message's response
+    assert pdata.c_store_response(pdu, 12, 5) is None  # another presentation context
+    assert pdata.c_store_response(pdu[:-2], 12, 3) is None  # truncated
+    fragmented = [P_DATA_TF(p).encode() for p in pynetdicom_message(ok).encode_msg(3, 40)]
+    assert len(fragmented) > 1
+    assert all(pdata.c_store_response(part, 12, 3) is None for part in fragmented)
+    offending = C_STORE()
+    offending.MessageIDBeingRespondedTo = 12
+    offending.AffectedSOPClassUID = CT_IMAGE
+    offending.Status = 0xA900
+    offending.OffendingElement = [0x00100010]
+    echo = C_ECHO()
+    echo.MessageIDBeingRespondedTo = 12
+    echo.AffectedSOPClassUID = "1.2.840.10008.1.1"
+    echo.Status = 0
+    for other in (offending, echo, c_store_rq(b"data")):
+        for part in (P_DATA_TF(p).encode() for p in pynetdicom_message(other).encode_msg(3, 16384)):
+            assert pdata.c_store_response(part, 12, 3) is None
+    abort = bytes.fromhex("07 00 00000004 00 00 00 00".replace(" ", ""))
+    assert pdata.c_store_response(abort, 12, 3) is None
+
+
+def pynetdicom_message(primitive: Any) -> Any:
+    table = _RQ_TO_MESSAGE if primitive.MessageIDBeingRespondedTo is None else _RSP_TO_MESSAGE
+    message = table[type(primitive)]()
+    message.primitive_to_message(primitive)
+    return message

@@ -23,6 +23,7 @@ Anything else, including an association with a handler bound to EVT_PDU_SENT or 
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import struct
 from collections.abc import Iterator
@@ -32,6 +33,7 @@ from pydicom.datadict import tag_for_keyword
 from pynetdicom import evt
 from pynetdicom.dimse import _RQ_TO_MESSAGE, _RSP_TO_MESSAGE
 from pynetdicom.dimse_messages import _COMMAND_SET_KEYWORDS, _DATASET_KEYWORDS, _MESSAGE_TYPES
+from pynetdicom.dimse_primitives import C_STORE
 
 from pixport.dimse import commandset, reactor
 
@@ -208,3 +210,109 @@ def _chunks(pdus: list[Pdu]) -> Iterator[bytes]:
             pending, size = [], 0
     if pending:
         yield b"".join(pending)
+
+
+# The elements of a C-STORE response this module reads itself: tag -> (keyword, VR).
+_STORE_RESPONSE_ELEMENTS = {
+    0x00000000: ("CommandGroupLength", "UL"),
+    0x00000002: ("AffectedSOPClassUID", "UI"),
+    0x00000100: ("CommandField", "US"),
+    0x00000120: ("MessageIDBeingRespondedTo", "US"),
+    0x00000800: ("CommandDataSetType", "US"),
+    0x00000900: ("Status", "US"),
+    0x00000902: ("ErrorComment", "LO"),
+    0x00001000: ("AffectedSOPInstanceUID", "UI"),
+}
+_ELEMENT = struct.Struct("<HHI")
+C_STORE_RSP = 0x8001
+NO_DATA_SET = 0x0101
+
+
+def c_store_response(pdu: bytes, message_id: int, context_id: int) -> C_STORE | None:
+    """The C-STORE response to ``message_id`` if ``pdu`` is one, whole; None for anything else.
+
+    A P-DATA-TF PDU holding one PDV, the whole command set (PS3.7 9.3.1.2), with only the
+    elements pynetdicom's own decoding would turn into these primitive parameters.
+    """
+    if (
+        len(pdu) < HEADER_LENGTH
+        or pdu[0] != P_DATA_TF_TYPE
+        or int.from_bytes(pdu[6:10], "big") != len(pdu) - 10
+        or pdu[10] != context_id
+        or pdu[11] != COMMAND | LAST
+    ):
+        return None
+    values: dict[str, Any] = {}
+    offset, end = HEADER_LENGTH, len(pdu)
+    try:
+        while offset < end:
+            group, element, length = _ELEMENT.unpack_from(pdu, offset)
+            keyword, vr = _STORE_RESPONSE_ELEMENTS[(group << 16) | element]
+            value = pdu[offset + 8 : offset + 8 + length]
+            offset += 8 + length
+            if offset > end or keyword in values:
+                return None
+            if vr in {"US", "UL"}:
+                if length != (2 if vr == "US" else 4):
+                    return None
+                values[keyword] = int.from_bytes(value, "little")
+            else:
+                values[keyword] = value.decode("ascii").rstrip("\0 " if vr == "UI" else " ")
+    except (KeyError, struct.error, UnicodeDecodeError):
+        return None
+    if (
+        values.get("CommandField") != C_STORE_RSP
+        or values.get("MessageIDBeingRespondedTo") != message_id
+        or values.get("CommandDataSetType") != NO_DATA_SET
+        or "Status" not in values
+    ):
+        return None
+    response = C_STORE()
+    try:
+        for keyword in ("MessageIDBeingRespondedTo", "AffectedSOPClassUID", "AffectedSOPInstanceUID", "Status"):
+            if values.get(keyword) is not None:
+                setattr(response, keyword, values[keyword])
+        if values.get("ErrorComment"):
+            response.ErrorComment = values["ErrorComment"]
+    except (TypeError, ValueError):  # pynetdicom's own checks of each parameter
+        return None
+    return response
+
+
+NO_RESPONSE = object()  # none within the DIMSE timeout
+# False leaves every response to the DUL thread, as pynetdicom does (for A/B measurements).
+READ_RESPONSES = True
+
+
+def exchange(assoc: Any, request: Any, context_id: int) -> Any:
+    """Send a request and wait for its response primitive, reading it on this thread where possible.
+
+    The response is read from the association's borrowed socket (``reactor.borrow_socket``) and
+    decoded by ``c_store_response``: no hand-over to the DUL thread and back.  Anything else that
+    arrives goes to the DUL (``hand_over``) and the response is then awaited pynetdicom's way,
+    as it is over TLS or with receive handlers bound.  None if no response came within the
+    DIMSE timeout or the connection closed (pynetdicom's ``_handle_no_response`` then applies).
+    """
+    dul = assoc.dul
+    borrowing = READ_RESPONSES and isinstance(dul, reactor.EventDrivenDUL) and assoc.dimse.message is None
+    result: Any = None
+    with dul.borrow_socket() if borrowing else contextlib.nullcontext() as reader:
+        send_message(assoc, request, context_id)
+        if reader is not None:
+            try:
+                data = reader.read_pdu(assoc.dimse_timeout)
+            except ConnectionError:
+                data = None
+                result = NO_RESPONSE
+            else:
+                if data is None:
+                    result = NO_RESPONSE
+                elif (result := c_store_response(data, request.MessageID, context_id)) is None:
+                    reader.hand_over(data)
+    if result is NO_RESPONSE:
+        return None
+    if result is not None:
+        return result
+    if borrowing:
+        dul.wake()  # it may be waiting without watching the socket: it has to read the rest
+    return assoc.dimse.get_msg(block=True)[1]

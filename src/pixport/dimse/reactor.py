@@ -20,6 +20,9 @@ Here both loops block until there is work instead:
   over TLS: one SSL connection must not be read and written from two threads at once;
 - a C-STORE request reaching an idle acceptor is served on the DUL thread that received it
   (``MessageQueue``), without a hand-over to the association thread.
+- a thread that sends a request and waits for its response (a C-GET or C-MOVE sub-operation)
+  may borrow the socket and read the response itself (``borrow_socket``): no hand-over to the
+  DUL thread and back per request; what it does not take it hands to the state machine.
 
 Both still wake every ``IDLE_CHECK`` seconds to run their timers (ARTIM, network timeout).
 The state machine, the PDU and DIMSE codecs and every service stay pynetdicom's own.
@@ -39,7 +42,7 @@ import select
 import socket
 import ssl
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pynetdicom
@@ -52,6 +55,8 @@ from pynetdicom.pdu import A_ABORT_RQ, P_DATA_TF
 from pynetdicom.pdu_primitives import P_DATA
 
 SUPPORTED_PYNETDICOM = "3.0."
+# Events whose handlers expect to see every PDU or message received (no borrowed reads then).
+_RECEIVE_EVENTS = (evt.EVT_PDU_RECV, evt.EVT_DATA_RECV, evt.EVT_DIMSE_RECV)
 # Seconds either loop waits at most when nothing arrives, to look at its timers.
 IDLE_CHECK = 0.05
 
@@ -78,6 +83,8 @@ class EventDrivenDUL(DULServiceProvider):
         self._wake_lock = threading.Lock()
         # Held by every state-machine action and every direct P-DATA send (see the module doc).
         self._send_lock = threading.RLock()
+        # Held by whichever thread reads the socket: this one, or a borrower (borrow_socket).
+        self._read_lock = threading.Lock()
         receive, send = socket.socketpair()
         receive.setblocking(False)  # noqa: FBT003  socket API
         send.setblocking(False)  # noqa: FBT003
@@ -118,6 +125,41 @@ class EventDrivenDUL(DULServiceProvider):
         transport = self.socket.socket if self.socket is not None else None
         return transport is not None and not isinstance(transport, ssl.SSLSocket)
 
+    @contextlib.contextmanager
+    def borrow_socket(self) -> Iterator[BorrowedSocket | None]:
+        """Read incoming PDUs on the calling thread for a while; None where it cannot be done.
+
+        For a thread that sends a request and waits for its response (a C-GET or C-MOVE
+        sub-operation): it reads the response itself instead of waiting for this thread to read,
+        decode and queue it, and for the association thread to wake; two hand-overs between
+        threads fewer per request.  Meanwhile this thread leaves the socket alone (it skips it
+        while the borrower holds ``_read_lock``, and its ``select`` stops watching it from its
+        next wait).  Whatever the borrower does not take it hands back (``hand_over``) for the
+        state machine, as if this thread had read it.  None over TLS (see the module doc), when
+        not established, or with a handler bound to EVT_PDU_RECV, EVT_DATA_RECV or
+        EVT_DIMSE_RECV, which expect to see every PDU or message.
+        """
+        transport = self.socket.socket if self.socket is not None else None
+        if (
+            transport is None
+            or isinstance(transport, ssl.SSLSocket)
+            or self.state_machine.current_state != "Sta6"
+            or any(self.assoc.get_handlers(event) for event in _RECEIVE_EVENTS)
+        ):
+            yield None
+            return
+        with self._read_lock:
+            yield BorrowedSocket(self, transport)
+
+    def _is_transport_event(self) -> bool:
+        """The socket check of pynetdicom, unless a borrower is reading the socket."""
+        if not self._read_lock.acquire(blocking=False):
+            return False
+        try:
+            return bool(super()._is_transport_event())
+        finally:
+            self._read_lock.release()
+
     def kill_dul(self) -> None:
         super().kill_dul()
         self.wake()
@@ -140,7 +182,7 @@ class EventDrivenDUL(DULServiceProvider):
             return
         watched: list[Any] = [receive]
         transport = self.socket.socket if self.socket is not None else None
-        if transport is not None:
+        if transport is not None and not self._read_lock.locked():  # not while a borrower reads it
             if isinstance(transport, ssl.SSLSocket) and transport.pending():
                 return  # decrypted bytes already buffered: select would not see them
             if transport.fileno() >= 0:
@@ -210,6 +252,56 @@ class EventDrivenDUL(DULServiceProvider):
                     end.close()
             self._wake_receive = None
             self._wake_send = None
+
+
+class BorrowedSocket:
+    """An association's socket, read by another thread than its DUL's (``borrow_socket``)."""
+
+    def __init__(self, dul: EventDrivenDUL, transport: socket.socket) -> None:
+        self._dul = dul
+        self._transport = transport
+
+    def read_pdu(self, timeout: float | None) -> bytes | None:
+        """The next whole PDU, or None if none starts within ``timeout`` seconds (None: no limit).
+
+        A connection closed or failing is handed to the state machine (Evt17, as pynetdicom's
+        reader does) and raises ConnectionError.
+        """
+        try:
+            ready, _, _ = select.select([self._transport], [], [], timeout)
+            if not ready:
+                return None
+            header = self._receive(6)
+            length = int.from_bytes(header[2:6], "big")
+            data = header + self._receive(length)
+        except (OSError, ValueError) as exc:
+            LOGGER.error("Connection closed before the entire PDU was received")  # noqa: TRY400  as pynetdicom
+            self._dul.event_queue.put("Evt17")
+            raise ConnectionError from exc
+        self._dul._idle_timer.restart()  # noqa: SLF001  as the DUL does for every PDU it reads
+        return data
+
+    def _receive(self, length: int) -> bytes:
+        parts = []
+        while length:
+            part = self._transport.recv(min(length, 1 << 20))
+            if not part:
+                raise ConnectionResetError
+            parts.append(part)
+            length -= len(part)
+        return b"".join(parts)
+
+    def hand_over(self, data: bytes) -> None:
+        """Give a PDU to the DUL thread, for the state machine, as if that thread had read it."""
+        dul = self._dul
+        try:
+            pdu, event = dul._decode_pdu(bytearray(data))  # noqa: SLF001  pynetdicom's decoder
+        except Exception:  # noqa: BLE001  as pynetdicom's reader: an undecodable PDU is Evt19
+            LOGGER.error("Unable to decode the received PDU data")  # noqa: TRY400  no data in the log
+            dul.event_queue.put("Evt19")
+            return
+        dul._recv_pdu.put(pdu)  # noqa: SLF001  before its event: the action takes it from there
+        dul.event_queue.put(event)
 
 
 class WakingDIMSE(DIMSEServiceProvider):

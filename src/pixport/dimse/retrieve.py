@@ -88,7 +88,8 @@ def send_stored(assoc: Any) -> None:
     Mirrors the end of pynetdicom 3.0.4's ``Association.send_c_store`` with the data set already
     encoded (the C-STORE primitive carries encoded bytes).  Other data sets go through unchanged.
     Every message on the association (the C-STOREs, and the pending C-GET responses pynetdicom
-    sends after each) is written by ``pdata.send_message``.
+    sends after each) is written by ``pdata.send_message``; each C-STORE response is read by
+    ``pdata.exchange`` on this thread, where it can be.
     """
     original = assoc.send_c_store
     pdata.send_directly(assoc)
@@ -96,6 +97,7 @@ def send_stored(assoc: Any) -> None:
     def send_c_store(dataset: Any, msg_id: int = 1, priority: int = 2, originator_aet: str | None = None,
                      originator_id: int | None = None) -> Dataset:  # fmt: skip
         if not isinstance(dataset, StoredDataset):
+            wake_dul(assoc)  # pynetdicom's send_c_store waits for its DUL thread to read the response
             return cast("Dataset", original(dataset, msg_id, priority, originator_aet, originator_id))
         context = assoc._get_valid_context(  # noqa: SLF001
             dataset.SOPClassUID, dataset.file_meta.TransferSyntaxUID, "scu", allow_conversion=False
@@ -111,8 +113,7 @@ def send_stored(assoc: Any) -> None:
         assoc._reactor_checkpoint.clear()  # noqa: SLF001  as send_c_store does
         while not assoc._is_paused:  # noqa: SLF001
             time.sleep(0.0001)
-        pdata.send_message(assoc, request, context.context_id)
-        _, response = assoc.dimse.get_msg(block=True)
+        response = pdata.exchange(assoc, request, context.context_id)
         assoc._reactor_checkpoint.set()  # noqa: SLF001
         if response is None:
             assoc._handle_no_response()  # noqa: SLF001
@@ -120,6 +121,18 @@ def send_stored(assoc: Any) -> None:
         return cast("Dataset", assoc._check_received_status(response))  # noqa: SLF001
 
     assoc.send_c_store = send_c_store
+
+
+def wake_dul(assoc: Any) -> None:
+    """Make the association's DUL thread watch its socket again now, after sub-operations read it.
+
+    While ``pdata.exchange`` reads a response, that thread waits without watching the socket
+    (``reactor.EventDrivenDUL.borrow_socket``) and looks again only after ``IDLE_CHECK``; anything
+    that waits for it to read (pynetdicom's own sending, the peer's next request) wakes it first.
+    """
+    wake = getattr(assoc.dul, "wake", None)
+    if wake is not None:
+        wake()
 
 
 def _data_set_bytes(data: bytes) -> bytes:
@@ -205,7 +218,7 @@ def handle_c_get(event: Any, archive: Archive) -> Iterator[Any]:
         (str(cx.abstract_syntax), str(cx.transfer_syntax[0])) for cx in event.assoc.accepted_contexts if cx.as_scu
     }
     send_stored(event.assoc)
-    yield from _suboperations(event, archive, instances, accepted)
+    yield from _suboperations(event, archive, instances, accepted, [event.assoc])
 
 
 def handle_c_move(event: Any, archive: Archive, settings: DimseSettings) -> Iterator[Any]:
@@ -226,10 +239,12 @@ def handle_c_move(event: Any, archive: Archive, settings: DimseSettings) -> Iter
     else:
         failure = SUCCESS
     accepted: set[tuple[str, str]] = set()
+    senders: list[Any] = []
 
     def remember_contexts(assoc_event: Any) -> None:
         accepted.update(accepted_pairs(assoc_event.assoc))
         send_stored(assoc_event.assoc)
+        senders.append(assoc_event.assoc)
 
     ssl_context = client_ssl_context(settings, destination)
     options: dict[str, Any] = {
@@ -248,10 +263,21 @@ def handle_c_move(event: Any, archive: Archive, settings: DimseSettings) -> Iter
     log.info("dimse.move", destination=destination.ae_title, instances=len(instances))
     pdata.send_directly(event.assoc)  # the pending C-MOVE responses
     yield len(instances)
-    yield from _suboperations(event, archive, instances, accepted)
+    yield from _suboperations(event, archive, instances, accepted, senders)
 
 
 def _suboperations(
+    event: Any, archive: Archive, instances: list[StoredInstance], accepted: set[tuple[str, str]], senders: list[Any]
+) -> Iterator[tuple[int, Dataset | None]]:
+    """Each sub-operation's (status, data set); ``senders``: the associations that send them."""
+    try:
+        yield from _each_suboperation(event, archive, instances, accepted)
+    finally:
+        for assoc in senders:
+            wake_dul(assoc)  # the association's next PDUs are its DUL thread's to read
+
+
+def _each_suboperation(
     event: Any, archive: Archive, instances: list[StoredInstance], accepted: set[tuple[str, str]]
 ) -> Iterator[tuple[int, Dataset | None]]:
     for instance in instances:
