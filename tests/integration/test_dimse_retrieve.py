@@ -7,6 +7,7 @@ directly or, with the fast path off, by pynetdicom.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import time
 from collections.abc import Iterator
@@ -232,3 +233,64 @@ def test_a_c_cancel_ahead_of_a_response_is_handed_over_and_honoured(
     assert received == [sop_instance_uid(cts[0])]
     assert responses_read == [False]  # the C-CANCEL came first: handed over, not taken for the response
     assert elapsed < 5  # no wait for a DIMSE timeout
+
+
+def dcmtk_environment(*, nodelay: bool) -> dict[str, str]:
+    """The environment for DCMTK's tools: by default (no TCP_NODELAY) Nagle's algorithm is on."""
+    environment = {k: v for k, v in os.environ.items() if k != "TCP_NODELAY"}
+    if nodelay:
+        environment["TCP_NODELAY"] = "1"
+    return environment
+
+
+# Delayed ACK holds a Nagle-held write about 40 ms on Linux: 30 sub-operations that stall take
+# 1.2 s or more longer than with TCP_NODELAY, against a few ms each when they do not.
+SUB_OPERATIONS = 30
+STALL = 0.6
+
+
+def test_getscu_with_nagle_is_not_stalled_per_sub_operation(listener: Listener, tmp_path: Path) -> None:
+    """getscu without TCP_NODELAY writes each C-STORE response in two Nagle-held writes (quick ACK)."""
+    cts = larger_cts(tmp_path / "cts", SUB_OPERATIONS)
+    study = store(listener, cts)
+    command = [
+        tool("getscu"), "-S", "-aet", "GETSCU", "-aec", AE_TITLE, "--ignore",
+        "-k", "QueryRetrieveLevel=STUDY", "-k", f"StudyInstanceUID={study}", "127.0.0.1", str(listener.port),
+    ]  # fmt: skip
+    seconds = {}
+    for nodelay in (True, False):
+        started = time.monotonic()
+        result = subprocess.run(
+            command, env=dcmtk_environment(nodelay=nodelay), capture_output=True, text=True, timeout=60, check=False
+        )
+        seconds[nodelay] = time.monotonic() - started
+        assert result.returncode == 0, result.stderr
+    assert seconds[False] - seconds[True] < STALL, seconds
+
+
+def test_a_move_destination_with_nagle_is_not_stalled_per_sub_operation(tmp_path: Path) -> None:
+    """storescp without TCP_NODELAY, as the C-MOVE destination: the same two writes per response."""
+    port = free_port()
+    cts = larger_cts(tmp_path / "cts", SUB_OPERATIONS)
+    seconds = {}
+    for listener in start_listener(tmp_path, remotes=[{"ae_title": "DEST", "host": "127.0.0.1", "port": port}]):
+        study = store(listener, cts)
+        for nodelay in (True, False):
+            out = tmp_path / f"moved-{nodelay}"
+            out.mkdir()
+            command = [tool("storescp"), "-od", str(out), "-aet", "DEST", str(port)]
+            with subprocess.Popen(command, env=dcmtk_environment(nodelay=nodelay)) as receiver:
+                try:
+                    time.sleep(0.5)
+                    started = time.monotonic()
+                    result = dcmtk(
+                        "movescu", "-S", "-aet", "MOVESCU", "-aem", "DEST", "-aec", AE_TITLE,
+                        "-k", "QueryRetrieveLevel=STUDY", "-k", f"StudyInstanceUID={study}",
+                        "127.0.0.1", listener.port,
+                    )  # fmt: skip
+                    seconds[nodelay] = time.monotonic() - started
+                    assert result.returncode == 0, result.stderr
+                finally:
+                    receiver.terminate()
+            assert len(list(out.iterdir())) == len(cts)
+    assert seconds[False] - seconds[True] < STALL, seconds
