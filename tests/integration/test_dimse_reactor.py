@@ -101,7 +101,7 @@ def test_a_c_store_is_served_on_the_receiving_thread_and_answers_in_order(listen
         threads.append(threading.current_thread() is event.assoc.dul)
         return handle_c_store(event, archive=listener.archive)
 
-    listener.server.bind(evt.EVT_C_STORE, recording)
+    listener.server.bind(evt.EVT_C_STORE, reactor.safe_on_receiving_thread(recording))
     files = [CORPUS / "modality" / "ct" / "CT_small.dcm", SMALL]
     result = dcmtk("storescu", "-aec", AE_TITLE, "127.0.0.1", listener.port, *files, *files)
     assert result.returncode == 0, result.stderr

@@ -16,10 +16,11 @@ handler.  A C-STORE's shape is fixed, so this provider takes it directly:
 
 Any other message, and anything unexpected (another command, a data set of an unaccepted
 context, a command set this module cannot decode), goes through pynetdicom as before; so do
-all messages of an association we requested.  Like the rest of ``pixport.dimse`` reaching into
-pynetdicom, this is installed by ``network.configure_pynetdicom`` and pinned to pynetdicom 3.0.
-EVT_DIMSE_RECV and EVT_DIMSE_SENT are not triggered for these messages (nothing of ours binds
-them).
+all messages of an association we requested, and every C-STORE whose bound handler is not
+marked ``reactor.safe_on_receiving_thread`` (it runs on the DUL thread here).  Like the rest
+of ``pixport.dimse`` reaching into pynetdicom, this is installed by
+``network.configure_pynetdicom`` and pinned to pynetdicom 3.0.  EVT_DIMSE_RECV and
+EVT_DIMSE_SENT are not triggered for these messages (nothing of ours binds them).
 """
 
 from __future__ import annotations
@@ -101,7 +102,12 @@ class FastStoreDIMSE(reactor.WakingDIMSE):
         return self._incoming.request._dataset_file if self._incoming else None  # noqa: SLF001
 
     def receive_primitive(self, primitive: P_DATA) -> None:
-        if not FAST_STORES or self.message is not None or not self.assoc.is_acceptor:
+        if (
+            not FAST_STORES
+            or self.message is not None
+            or not self.assoc.is_acceptor
+            or not (self._incoming or reactor.store_handler_is_safe_on_receiving_thread(self.assoc))
+        ):
             super().receive_primitive(primitive)
             return
         values = primitive.presentation_data_value_list

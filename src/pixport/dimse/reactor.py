@@ -347,6 +347,7 @@ class MessageQueue(WakingQueue):
             and primitive.MessageIDBeingRespondedTo is None
             and self._assoc.is_acceptor
             and not self.qsize()
+            and store_handler_is_safe_on_receiving_thread(self._assoc)
             and self.serving.acquire(blocking=False)
         ):
             try:
@@ -359,6 +360,24 @@ class MessageQueue(WakingQueue):
 
 # False hands every request to the association thread, as pynetdicom does (A/B measurements).
 INLINE_STORES = True
+SAFE_ON_RECEIVING_THREAD = "pixport_safe_on_receiving_thread"
+
+
+def safe_on_receiving_thread(handler: Any) -> Any:
+    """Mark an EVT_C_STORE handler that may run on the DUL thread that received the request.
+
+    Only a handler that never asks the association to abort or release (and so wait for the
+    DUL thread to finish) qualifies: on that thread such a call would wait for itself.  Other
+    handlers run on the association thread, as pynetdicom runs them.
+    """
+    setattr(handler, SAFE_ON_RECEIVING_THREAD, True)
+    return handler
+
+
+def store_handler_is_safe_on_receiving_thread(assoc: Any) -> bool:
+    """Whether the EVT_C_STORE handler bound to ``assoc`` is marked ``safe_on_receiving_thread``."""
+    handler = assoc.get_handlers(evt.EVT_C_STORE)
+    return bool(handler) and getattr(handler[0], SAFE_ON_RECEIVING_THREAD, False) is True
 
 
 def run_association_reactor(self: Any) -> None:

@@ -33,6 +33,7 @@ from pixport.config import Settings
 from pixport.dimse.commitment import STORAGE_COMMITMENT_PUSH_MODEL, handle_n_action
 from pixport.dimse.find import handle_c_find
 from pixport.dimse.network import NODELAY_HANDLERS, configure_pynetdicom, server_ssl_context
+from pixport.dimse.reactor import safe_on_receiving_thread
 from pixport.dimse.retrieve import handle_c_get, handle_c_move
 from pixport.dimse.store import discard_partial_data_set, handle_c_store
 
@@ -155,7 +156,7 @@ def event_handlers(archive: Archive, settings: Settings) -> list[tuple[Any, Any]
     return [
         *NODELAY_HANDLERS,
         (evt.EVT_C_ECHO, _handle_c_echo),
-        (evt.EVT_C_STORE, partial(handle_c_store, archive=archive)),
+        (evt.EVT_C_STORE, safe_on_receiving_thread(partial(handle_c_store, archive=archive))),
         (evt.EVT_C_FIND, partial(handle_c_find, archive=archive)),
         (evt.EVT_C_GET, partial(handle_c_get, archive=archive)),
         (evt.EVT_C_MOVE, partial(handle_c_move, archive=archive, settings=settings.dimse)),
