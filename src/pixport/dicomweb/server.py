@@ -6,23 +6,13 @@
 
 from __future__ import annotations
 
-import logging
 import os
 import sys
 
-import structlog
 import uvicorn
 
 from pixport.config import Settings, load_settings
-
-
-def configure_logging(level: str) -> None:
-    """Key/value log lines on stderr."""
-    logging.basicConfig(level=level.upper(), format="%(message)s")
-    structlog.configure(
-        wrapper_class=structlog.make_filtering_bound_logger(getattr(logging, level.upper())),
-        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
-    )
+from pixport.logs import configure_logging
 
 
 def worker_count(settings: Settings) -> int:

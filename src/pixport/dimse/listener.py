@@ -14,7 +14,6 @@ SIGTERM or SIGINT.
 from __future__ import annotations
 
 import json
-import logging
 import os
 import signal
 import socket
@@ -27,20 +26,12 @@ from types import FrameType
 import structlog
 
 from pixport.config import Settings, load_settings
+from pixport.logs import configure_logging
 
 WORKER_FLAG = "PIXPORT_DIMSE_WORKER"
 LISTEN_FD = "PIXPORT_DIMSE_LISTEN_FD"  # the inherited listening socket's descriptor
 LISTEN_BACKLOG = 128
 RESTART_DELAY = 1.0
-
-
-def configure_logging(level: str) -> None:
-    """Key/value log lines on stderr."""
-    logging.basicConfig(level=level.upper(), format="%(message)s")
-    structlog.configure(
-        wrapper_class=structlog.make_filtering_bound_logger(getattr(logging, level.upper())),
-        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
-    )
 
 
 def worker_count(settings: Settings) -> int:

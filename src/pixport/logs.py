@@ -1,0 +1,17 @@
+"""Key/value log lines on stderr, for the server processes (DICOMweb and DIMSE listeners)."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import structlog
+
+
+def configure_logging(level: str) -> None:
+    """Key/value log lines on stderr, at ``level`` (the ``log_level`` setting)."""
+    logging.basicConfig(level=level.upper(), format="%(message)s")
+    structlog.configure(
+        wrapper_class=structlog.make_filtering_bound_logger(getattr(logging, level.upper())),
+        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+    )
