@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import struct
 from typing import Any
 
 import pytest
@@ -145,6 +146,29 @@ def test_command_sets_encode_and_decode_as_pydicom_does(kind: str, primitive: An
     theirs = dsutils.decode(io.BytesIO(expected), True, True)  # noqa: FBT003
     assert ours == theirs
     assert [(e.tag, e.VR, e.value) for e in ours] == [(e.tag, e.VR, e.value) for e in theirs]
+
+
+@pytest.mark.parametrize(("kind", "primitive"), primitives(), ids=[kind for kind, _ in primitives()])
+def test_command_values_are_pydicoms_values(kind: str, primitive: Any) -> None:
+    dataset = command_set(primitive)
+    encoded = dsutils.encode(dataset, True, True)  # noqa: FBT003
+    assert encoded is not None
+    values = commandset.decode_command_values(encoded)
+    assert sorted(values) == sorted(int(element.tag) for element in dataset)
+    for element in dataset:
+        assert values[int(element.tag)] == element.value, element.keyword
+
+
+def test_command_values_refuse_what_they_cannot_read() -> None:
+    data = commandset.encode_command_set(command_set(primitives()[2][1]))
+    with pytest.raises(commandset.Unsupported):
+        commandset.decode_command_values(data[:-3])
+    command_field_of_four_bytes = struct.pack("<HHII", 0x0000, 0x0100, 4, 1)  # US is 2 bytes
+    with pytest.raises(commandset.Unsupported):
+        commandset.decode_command_values(command_field_of_four_bytes)
+    not_ascii = struct.pack("<HHI", 0x0000, 0x0002, 2) + "é".encode()
+    with pytest.raises(commandset.Unsupported):
+        commandset.decode_command_values(not_ascii)
 
 
 def test_unknown_elements_and_values_go_to_pydicom() -> None:

@@ -6,8 +6,11 @@ import fcntl
 import os
 import threading
 from pathlib import Path
+from typing import Any
 
+import pytest
 from pydicom.uid import generate_uid
+from sqlalchemy.exc import IntegrityError
 
 from pixport.storage.base import NewInstance, Outcome
 from pixport.storage.sqlite import SqliteIndexStore
@@ -70,3 +73,30 @@ def test_threads_of_one_process_take_turns(tmp_path: Path) -> None:
         assert store.count_instances() == 1
     finally:
         store.close()
+
+
+def test_a_failed_write_leaves_nothing_and_the_next_write_works(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The kept write connection is replaced after a failure; the failed batch left no row."""
+    store = SqliteIndexStore(tmp_path / "index.sqlite")
+    first = new_instance()
+    assert store.store_instances([first]) == [Outcome.STORED]
+    broken = new_instance()
+    instance_row = SqliteIndexStore._instance_row
+
+    def without_digest(*args: Any) -> dict[str, Any]:
+        row = instance_row(*args)
+        row["digest"] = None  # NOT NULL: the driver refuses the insert mid-transaction
+        return row
+
+    with monkeypatch.context() as patch:
+        patch.setattr(store, "_instance_row", without_digest)
+        with pytest.raises(IntegrityError):
+            store.store_instances([broken])
+    assert store.count_instances() == 1
+    # Its study and series rows went with it: storing it again creates them anew.
+    assert store.store_instances([broken, new_instance()]) == [Outcome.STORED, Outcome.STORED]
+    assert store.store_instances([first]) == [Outcome.DUPLICATE]
+    assert store.count_instances() == 3
+    store.close()

@@ -60,6 +60,11 @@ _COMMAND_VRS: dict[int, str] = {
 }
 
 
+def command_vr(tag: int) -> str:
+    """The VR of a command set element this module knows (KeyError for any other)."""
+    return _COMMAND_VRS[tag]
+
+
 class Unsupported(Exception):
     """A shape this module does not encode: pydicom does it."""
 
@@ -148,6 +153,42 @@ def decode_command_set(data: bytes) -> Dataset:
     dataset = Dataset(elements)
     dataset.set_original_encoding(True, True)  # noqa: FBT003  as pydicom's reader does
     return dataset
+
+
+def decode_command_values(data: bytes) -> dict[int, int | str]:
+    """A command set as tag -> value (US and UL as int, text stripped of its padding).
+
+    For readers that need a few values and no pydicom Dataset (``fast_store``); raises
+    Unsupported for an element this module does not know, or a malformed value.
+    """
+    values: dict[int, int | str] = {}
+    offset = 0
+    end = len(data)
+    while offset < end:
+        if offset + 8 > end:
+            raise Unsupported
+        group, number, length = _ELEMENT.unpack_from(data, offset)
+        tag = (group << 16) | number
+        vr = _COMMAND_VRS.get(tag)
+        value_start = offset + 8
+        offset = value_start + length
+        if vr is None or offset > end:
+            raise Unsupported
+        if vr == "US":
+            if length != _US.size:
+                raise Unsupported
+            values[tag] = _US.unpack_from(data, value_start)[0]
+        elif vr == "UL":
+            if length != _UL.size:
+                raise Unsupported
+            values[tag] = _UL.unpack_from(data, value_start)[0]
+        else:
+            try:
+                text = data[value_start:offset].decode("ascii")
+            except UnicodeDecodeError as exc:
+                raise Unsupported from exc
+            values[tag] = text.rstrip("\0 ") if vr == "UI" else text.strip(" ")
+    return values
 
 
 def encode(dataset: Dataset, is_implicit_vr: bool, is_little_endian: bool, deflated: bool = False) -> bytes | None:  # noqa: FBT001, FBT002  pynetdicom's signature

@@ -47,6 +47,18 @@ C_STORE_RSP = 0x8001
 NO_DATA_SET = 0x0101
 HANDLER_FAILED = 0xC211  # pynetdicom's status for an exception in the handler
 COMMAND_LAST_FRAGMENT = 0x03
+# Command set tags (PS3.7 E.1).
+AFFECTED_SOP_CLASS_UID = 0x00000002
+COMMAND_FIELD = 0x00000100
+MESSAGE_ID = 0x00000110
+MESSAGE_ID_BEING_RESPONDED_TO = 0x00000120
+PRIORITY = 0x00000700
+COMMAND_DATA_SET_TYPE = 0x00000800
+STATUS = 0x00000900
+ERROR_COMMENT = 0x00000902
+AFFECTED_SOP_INSTANCE_UID = 0x00001000
+MOVE_ORIGINATOR_AE_TITLE = 0x00001030
+MOVE_ORIGINATOR_MESSAGE_ID = 0x00001031
 _PDU_HEADER = struct.Struct(">BBL")
 _PDV_HEADER = struct.Struct(">LBB")
 P_DATA_TF = 0x04
@@ -143,16 +155,16 @@ class FastStoreDIMSE(reactor.WakingDIMSE):
     def _begin(self, context_id: int, command: bytes) -> _Incoming | None:
         """Start receiving a C-STORE's data set, or None if the message is not one we take."""
         try:
-            fields = commandset.decode_command_set(command)
-            if fields.CommandField != C_STORE_RQ or fields.CommandDataSetType == NO_DATA_SET:
+            fields = commandset.decode_command_values(command)
+            if fields.get(COMMAND_FIELD) != C_STORE_RQ or fields.get(COMMAND_DATA_SET_TYPE, NO_DATA_SET) == NO_DATA_SET:
                 return None
-            sop_class = str(fields.AffectedSOPClassUID)
-            sop_instance = str(fields.AffectedSOPInstanceUID)
-            message_id = int(fields.MessageID)
-            priority = int(fields.get("Priority", 0))
-            originator = fields.get("MoveOriginatorApplicationEntityTitle")
-            originator_id = fields.get("MoveOriginatorMessageID")
-        except (commandset.Unsupported, AttributeError, TypeError, ValueError):
+            sop_class = str(fields[AFFECTED_SOP_CLASS_UID])
+            sop_instance = str(fields[AFFECTED_SOP_INSTANCE_UID])
+            message_id = int(fields[MESSAGE_ID])
+            priority = int(fields.get(PRIORITY, 0))
+            originator = fields.get(MOVE_ORIGINATOR_AE_TITLE)
+            originator_id = fields.get(MOVE_ORIGINATOR_MESSAGE_ID)
+        except (commandset.Unsupported, KeyError, TypeError, ValueError):
             return None
         context = self.assoc._accepted_cx.get(context_id)  # noqa: SLF001
         if context is None or not sop_class or not sop_instance:
@@ -212,24 +224,35 @@ class FastStoreDIMSE(reactor.WakingDIMSE):
         return int(result), None
 
     def _respond(self, context_id: int, request: StoreRequest, status: int, comment: str | None) -> None:
-        response = Dataset()
-        response.AffectedSOPClassUID = request.AffectedSOPClassUID
-        response.CommandField = C_STORE_RSP
-        response.MessageIDBeingRespondedTo = request.MessageID
-        response.CommandDataSetType = NO_DATA_SET
-        response.Status = status
+        values: dict[int, Any] = {
+            AFFECTED_SOP_CLASS_UID: request.AffectedSOPClassUID,
+            COMMAND_FIELD: C_STORE_RSP,
+            MESSAGE_ID_BEING_RESPONDED_TO: request.MessageID,
+            COMMAND_DATA_SET_TYPE: NO_DATA_SET,
+            STATUS: status,
+            AFFECTED_SOP_INSTANCE_UID: request.AffectedSOPInstanceUID,
+        }
         if comment:
-            response.ErrorComment = comment
-        response.AffectedSOPInstanceUID = request.AffectedSOPInstanceUID
-        body = commandset.encode_command_set(response)
-        length = struct.pack("<I", len(body))
-        command = b"\x00\x00\x00\x00\x04\x00\x00\x00" + length + body  # (0000,0000) UL group length
+            values[ERROR_COMMENT] = comment
+        try:
+            command = commandset.encode_command_values(values)
+        except (commandset.Unsupported, ValueError):
+            # A comment that is not ASCII: pydicom encodes it as pynetdicom would.
+            command = _command_via_pydicom(values)
         pdu = (
             _PDU_HEADER.pack(P_DATA_TF, 0, _PDV_HEADER.size + len(command))
             + _PDV_HEADER.pack(2 + len(command), context_id, COMMAND_LAST_FRAGMENT)
             + command
         )
         cast("reactor.EventDrivenDUL", self.dul).send_raw(pdu)
+
+
+def _command_via_pydicom(values: dict[int, Any]) -> bytes:
+    response = Dataset()
+    for tag, value in sorted(values.items()):
+        response.add_new(tag, commandset.command_vr(tag), value)
+    body = commandset.encode(response, is_implicit_vr=True, is_little_endian=True) or b""
+    return b"\x00\x00\x00\x00\x04\x00\x00\x00" + struct.pack("<I", len(body)) + body  # (0000,0000) UL
 
 
 def discard_partial(dimse: Any) -> bool:

@@ -78,6 +78,24 @@ class FilesystemBlobStore:
         self._staging = root / "tmp"
         self.blobs.mkdir(parents=True, exist_ok=True)
         self._staging.mkdir(parents=True, exist_ok=True)
+        self._make_first_level()
+
+    def _make_first_level(self) -> None:
+        """Create the 256 ``blobs/ab`` directories up front, durably.
+
+        Otherwise the first blob under each would also have to fsync ``blobs/`` itself: one
+        directory fsync more on the C-STORE acknowledgement path, for most of a new archive's
+        first thousand objects.
+        """
+        created = False
+        for value in range(256):
+            try:
+                (self.blobs / f"{value:02x}").mkdir()
+            except FileExistsError:
+                continue
+            created = True
+        if created:
+            fsync_path(self.blobs, directory=True)
 
     @property
     def staging_dir(self) -> Path:
@@ -111,8 +129,10 @@ class FilesystemBlobStore:
             dirty_dirs: set[Path] = set()
             for temp, final in moves:
                 if not final.parent.exists():
+                    if not final.parent.parent.exists():  # removed since start-up
+                        dirty_dirs.add(self.blobs)
                     final.parent.mkdir(parents=True, exist_ok=True)
-                    dirty_dirs.update((final.parent.parent, self.blobs))
+                    dirty_dirs.add(final.parent.parent)
                 temp.replace(final)
                 dirty_dirs.add(final.parent)
             sync_paths(self.root, sorted(dirty_dirs))

@@ -214,6 +214,10 @@ class SqlIndexStore:
         """Held around every write transaction (the SQLite store serializes writers with it)."""
         return nullcontext()
 
+    def _write_transaction(self) -> AbstractContextManager[Connection]:
+        """A write transaction, committed on leaving (called inside ``writing()``)."""
+        return self.write_engine.begin()
+
     def create_schema(self) -> None:
         """Create tables and indexes that do not exist yet."""
         with self._errors():
@@ -239,7 +243,7 @@ class SqlIndexStore:
         if not batch:
             return []
         now = _now()
-        with self.writing(), self._errors(), self.write_engine.begin() as conn:
+        with self.writing(), self._errors(), self._write_transaction() as conn:
             study_pks = self._ensure(
                 conn,
                 studies,
@@ -260,9 +264,8 @@ class SqlIndexStore:
                     offered[item.sop_instance_uid] = self._instance_row(
                         item, series_pks[item.series_instance_uid], study_pks[item.study_instance_uid], now
                     )
-            inserted = set(
-                self._insert_returning(conn, instances, list(offered.values()), "sop_instance_uid").scalars()
-            )
+            returned = self._insert_returning(conn, instances, list(offered.values()), "sop_instance_uid")
+            inserted = {uid for (uid,) in returned}
             existing = [uid for uid in offered if uid not in inserted]
             stored_before = self._digests(conn, existing) if existing else {}
             outcomes: list[Outcome] = []
@@ -309,31 +312,45 @@ class SqlIndexStore:
         missing = [make_row(item) for uid, item in wanted.items() if uid not in found]
         if not missing:
             return found
-        found.update(dict(self._insert_returning(conn, table, missing, uid_column.name, "pk").all()))
+        found.update(dict(self._insert_returning(conn, table, missing, uid_column.name, "pk")))
         rest = [uid for uid in wanted if uid not in found]
         if rest:
             found.update(dict(conn.execute(select(uid_column, table.c.pk).where(uid_column.in_(rest))).all()))
         return found
 
-    def _insert_returning(self, conn: Connection, table: Table, rows: list[dict[str, Any]], *returning: str) -> Any:
+    def _insert_returning(
+        self, conn: Connection, table: Table, rows: list[dict[str, Any]], *returning: str
+    ) -> list[tuple[Any, ...]]:
         """``INSERT … ON CONFLICT DO NOTHING RETURNING`` the named columns of the inserted rows.
 
-        One row (a C-STORE commits one instance) runs as SQL compiled once per shape and sent
-        with ``exec_driver_sql``: SQLAlchemy's per-statement compilation-cache work was about a
-        third of the statement's time.  Several rows use SQLAlchemy's multi-row insert.
+        One row (a C-STORE commits one instance) runs as SQL compiled once per shape, on the
+        driver's own cursor: SQLAlchemy's statement construction, compilation-cache lookup and
+        result wrapping were most of the statement's time.  Driver errors are wrapped as
+        SQLAlchemy wraps them, so ``_errors`` maps them the same way.  Several rows use
+        SQLAlchemy's multi-row insert.
         """
-        stmt = self._insert(table).on_conflict_do_nothing().returning(*(table.c[name] for name in returning))
         if len(rows) != 1:
-            return conn.execute(stmt, rows)
+            stmt = self._insert(table).on_conflict_do_nothing().returning(*(table.c[name] for name in returning))
+            return [tuple(row) for row in conn.execute(stmt, rows)]
         (row,) = rows
         key = (table.name, tuple(row), returning)
         compiled = self._single_inserts.get(key)
         if compiled is None:
+            stmt = self._insert(table).on_conflict_do_nothing().returning(*(table.c[name] for name in returning))
             statement = stmt.compile(dialect=conn.dialect, column_keys=list(row))
             compiled = (str(statement), statement.positiontup)
             self._single_inserts[key] = compiled
         sql, positions = compiled
-        return conn.exec_driver_sql(sql, tuple(row[name] for name in positions) if positions is not None else row)
+        parameters = tuple(row[name] for name in positions) if positions is not None else row
+        dbapi = conn.dialect.loaded_dbapi
+        cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+        try:
+            cursor.execute(sql, parameters)
+            return [tuple(found) for found in cursor.fetchall()]
+        except dbapi.Error as exc:
+            raise DBAPIError.instance(sql, parameters, exc, dbapi.Error) from exc
+        finally:
+            cursor.close()
 
     @staticmethod
     def _digests(conn: Connection, uids: list[str]) -> dict[str, str]:

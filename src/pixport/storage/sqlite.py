@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.dialects.sqlite import insert
 
 from pixport.storage.sql import SqlIndexStore
@@ -77,17 +80,44 @@ class WriterLock:
 
 
 class SqliteIndexStore(SqlIndexStore):
-    """Index in one SQLite file."""
+    """Index in one SQLite file.
+
+    Writers take turns (``WriterLock``), so one connection serves every write transaction of
+    the process, kept open: checking a connection out of the pool and resetting it on return
+    cost more than the statements of a one-instance C-STORE.
+    """
 
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self._writer_lock = WriterLock(path.with_name(path.name + ".write-lock"))
+        self._write_connection: Connection | None = None
         super().__init__(_engine(path, immediate=False), insert, write_engine=_engine(path, immediate=True))
         self.create_schema()
 
     def writing(self) -> WriterLock:
         return self._writer_lock
 
+    @contextmanager
+    def _write_transaction(self) -> Iterator[Connection]:
+        # Only ever called holding the writer lock (``store_instances``).
+        if self._write_connection is None:
+            self._write_connection = self.write_engine.connect()
+        conn = self._write_connection
+        try:
+            with conn.begin():
+                yield conn
+        except BaseException:
+            # A failed transaction may leave the connection unusable (disk full, I/O error):
+            # the next writer starts from a fresh one.
+            self._write_connection = None
+            with contextlib.suppress(Exception):
+                conn.close()
+            raise
+
     def close(self) -> None:
+        with self._writer_lock:
+            if self._write_connection is not None:
+                self._write_connection.close()
+                self._write_connection = None
         super().close()
         self._writer_lock.close()
