@@ -55,7 +55,33 @@ def test_small_batches_fsync_their_own_paths_large_ones_use_syncfs(
             assert final.parent in fsynced
             assert fsynced.index(temp) < fsynced.index(final.parent)
     if syncfs_calls == 0:
-        assert store.blobs in fsynced  # its new first-level directory is an entry in it
+        assert store.blobs in fsynced  # when the 256 first-level directories were made
+        assert store.path_of(files[0][1]).parent.parent in fsynced  # it holds a new directory
+
+
+def test_first_level_directories_exist_from_the_start(tmp_path: Path) -> None:
+    store = FilesystemBlobStore(tmp_path)
+    assert sorted(p.name for p in store.blobs.iterdir()) == [f"{n:02x}" for n in range(256)]
+    assert list(store.iter_blobs()) == []
+
+
+def test_data_synced_ahead_is_not_synced_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    store = FilesystemBlobStore(tmp_path)
+    ((temp, digest),) = staged_files(store, 1)
+    fsynced: list[Path] = []
+    real_fsync_path = filesystem.fsync_path
+
+    def recording_fsync_path(path: Path, *, directory: bool = False) -> None:
+        fsynced.append(path)
+        real_fsync_path(path, directory=directory)
+
+    monkeypatch.setattr(filesystem, "fsync_path", recording_fsync_path)
+    store.sync_staged(temp)
+    assert fsynced == [temp]
+    store.put_files([(temp, digest)], data_synced=True)
+    assert fsynced.count(temp) == 1
+    assert store.path_of(digest).parent in fsynced
+    assert store.path_of(digest).read_bytes() == b"object 0"
 
 
 def test_an_existing_blob_is_not_written_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -74,6 +74,8 @@ def _store(ingest: IngestPipeline, path: Path, request: Any, source: str) -> Dat
     else:
         with path.open("rb") as stream:
             staged = ingest.stage_stream(stream)
+    # Its bytes go to disk while it is parsed; only the rename waits for the verdict.
+    data_synced = ingest.sync_in_background(staged)
     examined = ingest.examine(staged)
     result = examined.result
     if examined.parsed is None:
@@ -86,7 +88,7 @@ def _store(ingest: IngestPipeline, path: Path, request: Any, source: str) -> Dat
         ingest.discard([staged])
         log.info("dimse.store.uid_mismatch", sop_instance_uid=affected_instance)
         return status(DATA_SET_DOES_NOT_MATCH_SOP_CLASS, "SOP Class/Instance UID differ from the C-STORE request")
-    (result,) = ingest.commit([examined], source)
+    (result,) = ingest.commit([examined], source, data_synced=[data_synced])
     if result.status == "conflict":
         return status(DUPLICATE_CONFLICT, "stored already with different content")
     if not result.ok:  # pragma: no cover - commit only stores, finds a duplicate or a conflict

@@ -162,10 +162,19 @@ class BlobStore(Protocol):
         """Where ingest writes temporary files (same filesystem as the blobs, if local)."""
         ...
 
-    def put_files(self, files: Sequence[tuple[Path, str]]) -> None:
+    def sync_staged(self, temp: Path) -> None:
+        """Make a complete temporary file's bytes durable where they are (may run on any thread).
+
+        A head start for ``put_files(..., data_synced=True)``: the C-STORE handler runs it
+        while it parses the object.  A no-op where ``put_files`` does not need it.
+        """
+        ...
+
+    def put_files(self, files: Sequence[tuple[Path, str]], *, data_synced: bool = False) -> None:
         """Make each (temporary file, digest) durable under its digest, consuming the file.
 
         Returns only once every blob is durable.  A digest stored already is left as it is.
+        ``data_synced``: ``sync_staged`` has completed for every file.
         """
         ...
 

@@ -7,6 +7,7 @@ import ctypes.util
 import errno
 import os
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
 
@@ -69,6 +70,18 @@ def sync_paths(directory: Path, paths: Sequence[Path]) -> None:
         os.close(fd)
 
 
+@contextmanager
+def _blob_store_errors() -> Iterator[None]:
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno in {errno.ENOSPC, errno.EDQUOT}:
+            msg = "no space left on the blob store"
+            raise OutOfResources(msg) from exc
+        msg = f"blob store failed: {exc.strerror}"
+        raise StorageUnavailable(msg) from exc
+
+
 class FilesystemBlobStore:
     """The embedded blob store: one file per distinct object, written by fsync and rename."""
 
@@ -106,14 +119,20 @@ class FilesystemBlobStore:
         _check_digest(digest)
         return self.blobs / digest[:2] / digest[2:4] / digest
 
-    def put_files(self, files: Sequence[tuple[Path, str]]) -> None:
+    def sync_staged(self, temp: Path) -> None:
+        """Fsync a staged file's data (its name is published later, by ``put_files``)."""
+        with _blob_store_errors():
+            fsync_path(temp)
+
+    def put_files(self, files: Sequence[tuple[Path, str]], *, data_synced: bool = False) -> None:
         """Make the batch durable: data first, then the renames that publish it.
 
         The data must be on disk before a blob gets its final name: a blob under its digest is
-        trusted as it is when the same content arrives again.
+        trusted as it is when the same content arrives again.  ``data_synced``: the caller
+        has run ``sync_staged`` on every file already.
         """
         moves = []
-        try:
+        with _blob_store_errors():
             for temp, digest in files:
                 final = self.path_of(digest)
                 if final.exists():
@@ -125,7 +144,8 @@ class FilesystemBlobStore:
                     moves.append((temp, final))
             if not moves:
                 return
-            sync_paths(self.root, [temp for temp, _ in moves])
+            if not data_synced:
+                sync_paths(self.root, [temp for temp, _ in moves])
             dirty_dirs: set[Path] = set()
             for temp, final in moves:
                 if not final.parent.exists():
@@ -136,12 +156,6 @@ class FilesystemBlobStore:
                 temp.replace(final)
                 dirty_dirs.add(final.parent)
             sync_paths(self.root, sorted(dirty_dirs))
-        except OSError as exc:
-            if exc.errno in {errno.ENOSPC, errno.EDQUOT}:
-                msg = "no space left on the blob store"
-                raise OutOfResources(msg) from exc
-            msg = f"blob store failed: {exc.strerror}"
-            raise StorageUnavailable(msg) from exc
 
     def open(self, digest: str) -> IO[bytes]:
         try:

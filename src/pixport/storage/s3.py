@@ -136,7 +136,10 @@ class S3BlobStore:
         """Release the client's connections."""
         self._client.close()
 
-    def put_files(self, files: Sequence[tuple[Path, str]]) -> None:
+    def sync_staged(self, temp: Path) -> None:
+        """Nothing to do: the upload reads the staged file, whether it is on disk yet or not."""
+
+    def put_files(self, files: Sequence[tuple[Path, str]], *, data_synced: bool = False) -> None:  # noqa: ARG002
         for temp, digest in files:
             if self.exists(digest):
                 temp.unlink(missing_ok=True)
