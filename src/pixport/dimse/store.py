@@ -45,8 +45,12 @@ def status(code: int, comment: str | None = None) -> Dataset:
     return result
 
 
-def handle_c_store(event: Any, archive: Archive) -> Dataset:
-    """EVT_C_STORE: store one instance; always answer with an explicit status, never raise."""
+def handle_c_store(event: Any, archive: Archive) -> Dataset | int:
+    """EVT_C_STORE: store one instance; always answer with an explicit status, never raise.
+
+    Success is the bare status code (pynetdicom takes either): a Dataset per instance cost
+    more than the answer it carries.
+    """
     request = event.request
     calling = str(event.assoc.requestor.ae_title).strip()
     try:
@@ -67,7 +71,7 @@ def handle_c_store(event: Any, archive: Archive) -> Dataset:
         return status(PROCESSING_FAILURE, "processing failure")
 
 
-def _store(ingest: IngestPipeline, path: Path, request: Any, source: str) -> Dataset:
+def _store(ingest: IngestPipeline, path: Path, request: Any, source: str) -> Dataset | int:
     if path.parent == ingest.blobs.staging_dir.absolute():
         # The listener has pynetdicom write into staging, hashing as it writes.
         staged = ingest.adopt_file(path, received_digest(request))
@@ -96,7 +100,7 @@ def _store(ingest: IngestPipeline, path: Path, request: Any, source: str) -> Dat
     log.debug("dimse.store.stored", sop_instance_uid=result.sop_instance_uid, status=result.status)
     if result.warnings:
         return status(WARNING_COERCED, result.warnings[0])
-    return status(SUCCESS)
+    return SUCCESS
 
 
 def discard_partial_data_set(event: Any) -> None:
