@@ -175,6 +175,31 @@ def test_store_instances_batch_outcomes_in_order(archive: Archive) -> None:
     assert dict(archive.index.iter_digests()) == {a: "a" * 64, b: "b" * 64}
 
 
+def test_before_commit_runs_inside_the_transaction(archive: Archive) -> None:
+    """Rows are not visible while ``before_commit`` runs; if it raises, none are kept."""
+    index = archive.index
+    study, series, sop = generate_uid(), generate_uid(), generate_uid()
+    seen_meanwhile: list[int] = []
+
+    def fail() -> None:
+        seen_meanwhile.append(index.count_instances())
+        msg = "blob store failed"
+        raise RuntimeError(msg)
+
+    with pytest.raises(RuntimeError, match="blob store failed"):
+        index.store_instances([_new_instance(sop, study, series, "d" * 64, "first")], fail)
+    assert seen_meanwhile == [0]
+    assert index.count_instances() == 0
+    assert index.list_instances(study) == []
+    calls: list[int] = []
+    outcomes = index.store_instances(
+        [_new_instance(sop, study, series, "d" * 64, "again")], lambda: calls.append(index.count_instances())
+    )
+    assert outcomes == [Outcome.STORED]
+    assert calls == [0]  # called before the commit made the row visible
+    assert index.count_instances() == 1
+
+
 def test_empty_index(archive: Archive) -> None:
     assert archive.index.count_instances() == 0
     assert list(archive.index.iter_digests()) == []

@@ -12,7 +12,7 @@ import hashlib
 import shutil
 import threading
 from collections.abc import Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, Literal
@@ -220,10 +220,13 @@ class IngestPipeline:
         can overlap the two.  Pass the future to ``commit``.  (A batch is better served by
         ``commit`` alone: it syncs many files at once.)
         """
+        return self._pool().submit(self.blobs.sync_staged, staged.path)
+
+    def _pool(self) -> ThreadPoolExecutor:
         with self._sync_lock:
             if self._sync_pool is None:
                 self._sync_pool = ThreadPoolExecutor(max_workers=SYNC_THREADS, thread_name_prefix="pixport-sync")
-            return self._sync_pool.submit(self.blobs.sync_staged, staged.path)
+            return self._sync_pool
 
     def commit(
         self,
@@ -241,16 +244,24 @@ class IngestPipeline:
         accepted = [(i, e) for i, e in enumerate(examined) if isinstance(e, Examined) and e.parsed is not None]
         if not accepted:
             return results
+        files = [(e.staged.path, e.staged.digest) for _, e in accepted]
+        published: Future[None] | None = None
         try:
-            for future in data_synced or ():
-                future.result()
-            files = [(e.staged.path, e.staged.digest) for _, e in accepted]
-            self.blobs.put_files(files, data_synced=data_synced is not None)
+            if data_synced is None:
+                self.blobs.put_files(files)
+            else:
+                # The renames and directory fsyncs run while the index statements do; the
+                # index commits only once they are done.
+                for future in data_synced:
+                    future.result()
+                published = self._pool().submit(self.blobs.put_files, files, data_synced=True)
+            batch = [self._new_instance(e.staged, e.parsed, source) for _, e in accepted if e.parsed is not None]
+            outcomes = self.index.store_instances(batch, published.result if published is not None else None)
         except BaseException:
+            if published is not None:
+                wait([published])  # its outcome does not matter now; its files must not move after this
             self.discard([e.staged for _, e in accepted])
             raise
-        batch = [self._new_instance(e.staged, e.parsed, source) for _, e in accepted if e.parsed is not None]
-        outcomes = self.index.store_instances(batch)
         for (position, e), outcome in zip(accepted, outcomes, strict=True):
             result = results[position]
             if outcome is Outcome.DUPLICATE:

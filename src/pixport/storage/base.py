@@ -8,7 +8,7 @@ This module imports nothing from the rest of the application.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
@@ -112,8 +112,16 @@ class QueryRow:
 class IndexStore(Protocol):
     """Patient / study / series / instance index."""
 
-    def store_instances(self, batch: Sequence[NewInstance]) -> list[Outcome]:
-        """Insert a batch in one transaction; one outcome per instance, in order."""
+    def store_instances(
+        self, batch: Sequence[NewInstance], before_commit: Callable[[], None] | None = None
+    ) -> list[Outcome]:
+        """Insert a batch in one transaction; one outcome per instance, in order.
+
+        ``before_commit`` is called after the statements, just before COMMIT; if it raises,
+        the transaction is rolled back and the exception propagates (ingest waits there for
+        the blobs to be durable, so the two overlap without an index row ever preceding its
+        blob on disk).
+        """
         ...
 
     def search(self, query: Query) -> list[QueryRow]:

@@ -230,7 +230,9 @@ class SqlIndexStore:
 
     # -- writing --------------------------------------------------------------------------
 
-    def store_instances(self, batch: Sequence[NewInstance]) -> list[Outcome]:
+    def store_instances(
+        self, batch: Sequence[NewInstance], before_commit: Callable[[], None] | None = None
+    ) -> list[Outcome]:
         """Set-based: a handful of statements per batch, whatever its size.
 
         Studies, series and instances are created with ``INSERT … ON CONFLICT DO NOTHING
@@ -241,6 +243,8 @@ class SqlIndexStore:
         outcome: ours (stored, or identical: duplicate) or another's (conflict, recorded).
         """
         if not batch:
+            if before_commit is not None:
+                before_commit()
             return []
         now = _now()
         with self.writing(), self._errors(), self._write_transaction() as conn:
@@ -293,6 +297,8 @@ class SqlIndexStore:
                 )
             if conflict_rows:
                 conn.execute(conflicts.insert(), conflict_rows)
+            if before_commit is not None:
+                before_commit()
         # Committed: these rows exist for good (studies and series are never deleted).
         self._study_pks.update(study_pks)
         self._series_pks.update(series_pks)
