@@ -63,7 +63,7 @@ def test_a_writer_waits_for_the_lock_another_process_holds(tmp_path: Path) -> No
 def test_threads_of_one_process_take_turns(tmp_path: Path) -> None:
     store = SqliteIndexStore(tmp_path / "index.sqlite")
     try:
-        with store.writing():
+        with store._writer_lock:
             finished = threading.Event()
             writer = threading.Thread(target=lambda: (store.store_instances([new_instance()]), finished.set()))
             writer.start()
@@ -100,3 +100,47 @@ def test_a_failed_write_leaves_nothing_and_the_next_write_works(
     assert store.store_instances([first]) == [Outcome.DUPLICATE]
     assert store.count_instances() == 3
     store.close()
+
+
+def test_before_commit_runs_in_the_transaction_when_the_lock_is_free(tmp_path: Path) -> None:
+    store = SqliteIndexStore(tmp_path / "index.sqlite")
+    lock_file = tmp_path / "index.sqlite.write-lock"
+    observed: list[bool] = []
+
+    def before_commit() -> None:
+        probe = os.open(lock_file, os.O_RDWR)
+        try:
+            fcntl.flock(probe, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            observed.append(True)  # the writer holds the lock: inside its transaction
+        else:
+            observed.append(False)
+        finally:
+            os.close(probe)
+
+    assert store.store_instances([new_instance()], before_commit) == [Outcome.STORED]
+    assert observed == [True]
+    store.close()
+
+
+def test_before_commit_runs_before_queueing_when_another_writer_holds_the_lock(tmp_path: Path) -> None:
+    """A queued writer does its own disk work while it waits, not while others wait for it."""
+    store = SqliteIndexStore(tmp_path / "index.sqlite")
+    lock_file = tmp_path / "index.sqlite.write-lock"
+    called = threading.Event()
+    finished = threading.Event()
+    holder = os.open(lock_file, os.O_RDWR | os.O_CREAT)
+    try:
+        fcntl.flock(holder, fcntl.LOCK_EX)
+        writer = threading.Thread(target=lambda: (store.store_instances([new_instance()], called.set), finished.set()))
+        writer.start()
+        assert called.wait(30), "before_commit waited for the lock"
+        assert not finished.wait(0.3)
+        assert store.count_instances() == 0
+        fcntl.flock(holder, fcntl.LOCK_UN)
+        assert finished.wait(30)
+        writer.join(30)
+        assert store.count_instances() == 1
+    finally:
+        os.close(holder)
+        store.close()

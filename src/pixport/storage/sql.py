@@ -210,9 +210,15 @@ class SqlIndexStore:
         self._series_pks: dict[str, int] = {}
         self._single_inserts: dict[tuple[str, tuple[str, ...], tuple[str, ...]], tuple[str, list[str] | None]] = {}
 
-    def writing(self) -> AbstractContextManager[object]:
-        """Held around every write transaction (the SQLite store serializes writers with it)."""
-        return nullcontext()
+    def _writer_turn(
+        self, before_commit: Callable[[], None] | None
+    ) -> AbstractContextManager[Callable[[], None] | None]:
+        """Held around every write transaction; yields the ``before_commit`` still to call in it.
+
+        The SQLite store serializes writers here, and waits for ``before_commit`` before
+        queueing when another writer holds the turn (see ``SqliteIndexStore``).
+        """
+        return nullcontext(before_commit)
 
     def _write_transaction(self) -> AbstractContextManager[Connection]:
         """A write transaction, committed on leaving (called inside ``writing()``)."""
@@ -247,7 +253,7 @@ class SqlIndexStore:
                 before_commit()
             return []
         now = _now()
-        with self.writing(), self._errors(), self._write_transaction() as conn:
+        with self._writer_turn(before_commit) as in_transaction, self._errors(), self._write_transaction() as conn:
             study_pks = self._ensure(
                 conn,
                 studies,
@@ -297,8 +303,8 @@ class SqlIndexStore:
                 )
             if conflict_rows:
                 conn.execute(conflicts.insert(), conflict_rows)
-            if before_commit is not None:
-                before_commit()
+            if in_transaction is not None:
+                in_transaction()
         # Committed: these rows exist for good (studies and series are never deleted).
         self._study_pks.update(study_pks)
         self._series_pks.update(series_pks)

@@ -7,7 +7,7 @@ import fcntl
 import os
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -64,22 +64,34 @@ class WriterLock:
         self._threads = threading.Lock()
         self._fd: int | None = None
 
-    def __enter__(self) -> None:
-        self._threads.acquire()
+    def acquire(self, *, blocking: bool = True) -> bool:
+        """Take the lock; without ``blocking``, only if it is free now (returns whether taken)."""
+        if not self._threads.acquire(blocking=blocking):
+            return False
         try:
             if self._fd is None:
                 self._fd = os.open(self._path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-            fcntl.flock(self._fd, fcntl.LOCK_EX)
+            fcntl.flock(self._fd, fcntl.LOCK_EX if blocking else fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._threads.release()
+            return False
         except BaseException:
             self._threads.release()
             raise
+        return True
 
-    def __exit__(self, *exc: object) -> None:
+    def release(self) -> None:
         try:
             if self._fd is not None:
                 fcntl.flock(self._fd, fcntl.LOCK_UN)
         finally:
             self._threads.release()
+
+    def __enter__(self) -> None:
+        self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
 
     def close(self) -> None:
         with self._threads:
@@ -103,8 +115,24 @@ class SqliteIndexStore(SqlIndexStore):
         super().__init__(_engine(path, immediate=False), insert, write_engine=_engine(path, immediate=True))
         self.create_schema()
 
-    def writing(self) -> WriterLock:
-        return self._writer_lock
+    @contextmanager
+    def _writer_turn(self, before_commit: Callable[[], None] | None) -> Iterator[Callable[[], None] | None]:
+        """The writer lock; ``before_commit`` runs inside the transaction only if the lock was free.
+
+        A C-STORE's blob renames and directory fsyncs (``before_commit``) overlap its index
+        statements when nobody waits for the lock.  When another writer holds it, they run
+        first, outside: otherwise every queued writer would also wait for this one's disk.
+        """
+        if before_commit is not None and not self._writer_lock.acquire(blocking=False):
+            before_commit()
+            before_commit = None
+            self._writer_lock.acquire()
+        elif before_commit is None:
+            self._writer_lock.acquire()
+        try:
+            yield before_commit
+        finally:
+            self._writer_lock.release()
 
     @contextmanager
     def _write_transaction(self) -> Iterator[Connection]:
