@@ -17,6 +17,7 @@ that is pinned to one pynetdicom version).
 from __future__ import annotations
 
 import struct
+from collections.abc import Iterator
 from io import BytesIO
 from typing import Any, BinaryIO, cast
 
@@ -126,9 +127,8 @@ def encode_command_values(values: dict[int, Any]) -> bytes:
     return _ELEMENT.pack(0, 0, 4) + _UL.pack(len(body)) + body
 
 
-def decode_command_set(data: bytes) -> Dataset:
-    """A command set from Implicit VR Little Endian bytes; raises Unsupported for the unusual."""
-    elements: dict[BaseTag, DataElement | RawDataElement] = {}
+def _elements(data: bytes) -> Iterator[tuple[int, str, int, int]]:
+    """(tag, VR, value start, value end) of each element; Unsupported for the unknown or cut."""
     offset = 0
     end = len(data)
     while offset < end:
@@ -141,11 +141,18 @@ def decode_command_set(data: bytes) -> Dataset:
         offset = value_start + length
         if vr is None or offset > end:
             raise Unsupported
+        yield tag, vr, value_start, offset
+
+
+def decode_command_set(data: bytes) -> Dataset:
+    """A command set from Implicit VR Little Endian bytes; raises Unsupported for the unusual."""
+    elements: dict[BaseTag, DataElement | RawDataElement] = {}
+    for tag, vr, value_start, value_end in _elements(data):
         elements[Tag(tag)] = RawDataElement(
             Tag(tag),
             vr,
-            length,
-            data[value_start:offset],
+            value_end - value_start,
+            data[value_start:value_end],
             value_start,
             True,  # noqa: FBT003  implicit VR
             True,  # noqa: FBT003  little endian
@@ -162,32 +169,18 @@ def decode_command_values(data: bytes) -> dict[int, int | str]:
     Unsupported for an element this module does not know, or a malformed value.
     """
     values: dict[int, int | str] = {}
-    offset = 0
-    end = len(data)
-    while offset < end:
-        if offset + 8 > end:
-            raise Unsupported
-        group, number, length = _ELEMENT.unpack_from(data, offset)
-        tag = (group << 16) | number
-        vr = _COMMAND_VRS.get(tag)
-        value_start = offset + 8
-        offset = value_start + length
-        if vr is None or offset > end:
-            raise Unsupported
-        if vr == "US":
-            if length != _US.size:
+    for tag, vr, value_start, value_end in _elements(data):
+        if vr in {"US", "UL"}:
+            number = _US if vr == "US" else _UL
+            if value_end - value_start != number.size:
                 raise Unsupported
-            values[tag] = _US.unpack_from(data, value_start)[0]
-        elif vr == "UL":
-            if length != _UL.size:
-                raise Unsupported
-            values[tag] = _UL.unpack_from(data, value_start)[0]
-        else:
-            try:
-                text = data[value_start:offset].decode("ascii")
-            except UnicodeDecodeError as exc:
-                raise Unsupported from exc
-            values[tag] = text.rstrip("\0 ") if vr == "UI" else text.strip(" ")
+            values[tag] = number.unpack_from(data, value_start)[0]
+            continue
+        try:
+            text = data[value_start:value_end].decode("ascii")
+        except UnicodeDecodeError as exc:
+            raise Unsupported from exc
+        values[tag] = text.rstrip("\0 ") if vr == "UI" else text.strip(" ")
     return values
 
 
