@@ -281,9 +281,9 @@ def test_batches_and_progress(tmp_path: Path) -> None:
     batches: list[int] = []
     store = archive.index.store_instances
 
-    def spy(batch: Any) -> Any:
+    def spy(batch: Any, before_commit: Any = None) -> Any:
         batches.append(len(batch))
-        return store(batch)
+        return store(batch, before_commit)
 
     archive.index.store_instances = spy  # type: ignore[method-assign]
     calls: list[tuple[int, int]] = []
