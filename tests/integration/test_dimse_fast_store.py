@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 from dimse_support import AE_TITLE, CORPUS, dcmtk, start_listener, stored
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+from pynetdicom import AE, evt
 
-from pixport.dimse import fast_store
+from pixport.dimse import fast_store, reactor
 
 FILES = [
     CORPUS / "modality" / "ct" / "CT_small.dcm",
@@ -42,3 +46,31 @@ def test_fast_path_and_pynetdicom_path_store_the_same_bytes(tmp_path: Path, monk
     assert served == ["fast"] * len(FILES)  # pynetdicom's path took the second round
     assert len(fast) == len(FILES)
     assert fast == slow
+
+
+def test_a_handlers_error_comment_is_sent_in_the_default_repertoire(tmp_path: Path) -> None:
+    """A comment that is not ASCII, or longer than LO, reaches the peer as ASCII of 64 at most."""
+    for listener in start_listener(tmp_path):
+
+        def refusing(event: Any) -> Dataset:
+            Path(event.dataset_path).unlink(missing_ok=True)
+            answer = Dataset()
+            answer.Status = 0xA700
+            answer.ErrorComment = "저장 공간 부족 " * 10
+            return answer
+
+        listener.server.bind(evt.EVT_C_STORE, reactor.safe_on_receiving_thread(refusing))
+        dataset = dcmread(FILES[0])
+        ae = AE(ae_title="FASTTEST")
+        ae.add_requested_context(dataset.SOPClassUID, dataset.file_meta.TransferSyntaxUID)
+        assoc = ae.associate("127.0.0.1", listener.port, ae_title=AE_TITLE)
+        assert assoc.is_established
+        try:
+            answer = assoc.send_c_store(dataset)
+        finally:
+            assoc.release()
+        assert answer.Status == 0xA700
+        comment = str(answer.ErrorComment)
+        assert comment.isascii()
+        assert comment.startswith("?? ?? ?? ")  # each Hangul syllable replaced
+        assert len(comment) <= 64

@@ -61,11 +61,6 @@ _COMMAND_VRS: dict[int, str] = {
 }
 
 
-def command_vr(tag: int) -> str:
-    """The VR of a command set element this module knows (KeyError for any other)."""
-    return _COMMAND_VRS[tag]
-
-
 class Unsupported(Exception):
     """A shape this module does not encode: pydicom does it."""
 

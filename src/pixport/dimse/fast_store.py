@@ -56,6 +56,7 @@ PRIORITY = 0x00000700
 COMMAND_DATA_SET_TYPE = 0x00000800
 STATUS = 0x00000900
 ERROR_COMMENT = 0x00000902
+ERROR_COMMENT_LENGTH = 64  # LO
 AFFECTED_SOP_INSTANCE_UID = 0x00001000
 MOVE_ORIGINATOR_AE_TITLE = 0x00001030
 MOVE_ORIGINATOR_MESSAGE_ID = 0x00001031
@@ -233,26 +234,15 @@ class FastStoreDIMSE(reactor.WakingDIMSE):
             AFFECTED_SOP_INSTANCE_UID: request.AffectedSOPInstanceUID,
         }
         if comment:
-            values[ERROR_COMMENT] = comment
-        try:
-            command = commandset.encode_command_values(values)
-        except (commandset.Unsupported, ValueError):
-            # A comment that is not ASCII: pydicom encodes it as pynetdicom would.
-            command = _command_via_pydicom(values)
+            # A command set is in the default repertoire (PS3.7 6.3.1); Error Comment is LO.
+            values[ERROR_COMMENT] = comment.encode("ascii", "replace").decode()[:ERROR_COMMENT_LENGTH]
+        command = commandset.encode_command_values(values)
         pdu = (
             _PDU_HEADER.pack(P_DATA_TF, 0, _PDV_HEADER.size + len(command))
             + _PDV_HEADER.pack(2 + len(command), context_id, COMMAND_LAST_FRAGMENT)
             + command
         )
         cast("reactor.EventDrivenDUL", self.dul).send_raw(pdu)
-
-
-def _command_via_pydicom(values: dict[int, Any]) -> bytes:
-    response = Dataset()
-    for tag, value in sorted(values.items()):
-        response.add_new(tag, commandset.command_vr(tag), value)
-    body = commandset.encode(response, is_implicit_vr=True, is_little_endian=True) or b""
-    return b"\x00\x00\x00\x00\x04\x00\x00\x00" + struct.pack("<I", len(body)) + body  # (0000,0000) UL
 
 
 def discard_partial(dimse: Any) -> bool:
