@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import subprocess
@@ -87,6 +88,14 @@ def tool(name: str) -> str:
 def dcmtk(*args: str | Path, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     command = [tool(str(args[0])), *(str(a) for a in args[1:])]
     return subprocess.run(command, capture_output=True, text=True, timeout=timeout, check=False)
+
+
+def dcmtk_environment(*, nodelay: bool) -> dict[str, str]:
+    """The environment for DCMTK's tools: by default (no TCP_NODELAY) Nagle's algorithm is on."""
+    environment = {k: v for k, v in os.environ.items() if k != "TCP_NODELAY"}
+    if nodelay:
+        environment["TCP_NODELAY"] = "1"
+    return environment
 
 
 def sop_instance_uid(path: Path) -> str:

@@ -7,7 +7,6 @@ directly or, with the fast path off, by pynetdicom.
 
 from __future__ import annotations
 
-import os
 import subprocess
 import time
 from collections.abc import Iterator
@@ -22,6 +21,7 @@ from dimse_support import (
     Listener,
     after_meta,
     dcmtk,
+    dcmtk_environment,
     free_port,
     sop_instance_uid,
     start_listener,
@@ -233,14 +233,6 @@ def test_a_c_cancel_ahead_of_a_response_is_handed_over_and_honoured(
     assert received == [sop_instance_uid(cts[0])]
     assert responses_read == [False]  # the C-CANCEL came first: handed over, not taken for the response
     assert elapsed < 5  # no wait for a DIMSE timeout
-
-
-def dcmtk_environment(*, nodelay: bool) -> dict[str, str]:
-    """The environment for DCMTK's tools: by default (no TCP_NODELAY) Nagle's algorithm is on."""
-    environment = {k: v for k, v in os.environ.items() if k != "TCP_NODELAY"}
-    if nodelay:
-        environment["TCP_NODELAY"] = "1"
-    return environment
 
 
 # Delayed ACK holds a Nagle-held write about 40 ms on Linux: 30 sub-operations that stall take
