@@ -17,7 +17,7 @@ from pixport import build_archive, load_settings
 from pixport.archive.check import check_archive
 
 
-def start_supervisor(tmp_path: Path, port: int, workers: int) -> subprocess.Popen[str]:
+def start_supervisor(tmp_path: Path, port: int, workers: int, *, sigint_ignored: bool = False) -> subprocess.Popen[str]:
     environment = {
         **os.environ,
         "PIXPORT_STORAGE__DATA_DIR": str(tmp_path / "data"),
@@ -26,7 +26,12 @@ def start_supervisor(tmp_path: Path, port: int, workers: int) -> subprocess.Pope
         "PIXPORT_DIMSE__ALLOW_ANY_CALLER": "true",
     }
     supervisor = subprocess.Popen(
-        [sys.executable, "-m", "pixport.dimse.listener"], env=environment, stderr=subprocess.PIPE, text=True
+        [sys.executable, "-m", "pixport.dimse.listener"],
+        env=environment,
+        stderr=subprocess.PIPE,
+        text=True,
+        # As a non-interactive shell starts a background job: SIGINT ignored from the start.
+        preexec_fn=(lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)) if sigint_ignored else None,  # noqa: PLW1509  no threads in this test process need it
     )
     assert supervisor.stderr is not None
     ready = 0
@@ -79,6 +84,18 @@ def test_listener_processes_share_the_port_and_stop_on_sigterm(tmp_path: Path) -
             archive.close()
     finally:
         stop(supervisor)
+
+
+def test_a_single_listener_stops_on_sigint_even_when_started_with_it_ignored(tmp_path: Path) -> None:
+    port = free_port()
+    listener = start_supervisor(tmp_path, port, workers=1, sigint_ignored=True)
+    listener.send_signal(signal.SIGINT)
+    try:
+        assert listener.wait(20) == 0
+    finally:
+        listener.kill()
+        if listener.stderr is not None:
+            listener.stderr.close()
 
 
 def test_open_associations_are_spread_over_the_processes(tmp_path: Path) -> None:

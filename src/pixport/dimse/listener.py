@@ -84,6 +84,11 @@ def serve(settings: Settings) -> None:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, stop)
+    if os.environ.get(WORKER_FLAG) != "1":
+        # Python leaves SIGINT ignored when a non-interactive shell started it in the
+        # background; a listener on its own still stops on Ctrl-C or ``kill -INT``.  A worker
+        # leaves SIGINT to its supervisor, which stops every worker with SIGTERM.
+        signal.signal(signal.SIGINT, stop)
     try:
         server.serve_forever()
     except KeyboardInterrupt:
