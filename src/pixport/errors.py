@@ -11,7 +11,14 @@ PixportError
 │   └── InstanceConflict        same SOP Instance UID, different bytes
 ├── PeerUnavailable             a DICOM peer is unreachable, rejected the association or aborted it
 ├── NotFound                    no such study / series / instance / frame
-└── BadQuery                    a query parameter that cannot be understood
+├── BadQuery                    a query parameter that cannot be understood
+├── PixelDataError              pixel data that cannot be decoded or rendered
+├── TrustError                  a signature, key or manifest that cannot be trusted (.reason)
+│   ├── SignatureInvalid        not signed by the key it names, or not a signature at all
+│   ├── KeyNotTrusted           unknown, revoked, or not valid at the time it signed
+│   └── ManifestInvalid         malformed, inconsistent, or refused by the registry
+├── NotAuthenticated            a caller that did not prove who it is
+└── NotAuthorized               a caller that may not do this
 """
 
 from __future__ import annotations
@@ -75,3 +82,31 @@ class BadQuery(PixportError):
 
 class PixelDataError(PixportError):
     """Pixel data cannot be decoded, transcoded or rendered (unsupported or corrupt)."""
+
+
+class TrustError(PixportError):
+    """Something signed cannot be trusted.  ``reason`` is precise and safe to show."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class SignatureInvalid(TrustError):
+    """The signature does not verify with the key it names, or is not a signature."""
+
+
+class KeyNotTrusted(TrustError):
+    """The signing key is unknown, revoked, or was not valid when it signed."""
+
+
+class ManifestInvalid(TrustError):
+    """A manifest is malformed or inconsistent, or the registry refuses it."""
+
+
+class NotAuthenticated(PixportError):
+    """The caller did not prove who it is (no, expired, replayed or bad credentials)."""
+
+
+class NotAuthorized(PixportError):
+    """The caller is known but may not do this."""

@@ -156,6 +156,11 @@ def thumbnail(fp: IO[bytes], size: int = 128, media_type: str = "image/jpeg") ->
     return render(fp, middle, media_type=media_type, viewport=(size, size))
 
 
+def decoded_frame(stored: StoredPixels, index: int) -> bytes:
+    """One frame (numbered from 0) as native little endian bytes, decoded if compressed."""
+    return _little_endian_frame(stored, index)
+
+
 def _little_endian_frame(stored: StoredPixels, index: int) -> bytes:
     if not stored.encapsulated:
         return stored.native_frame(index, little_endian=True)

@@ -1,0 +1,1 @@
+"""The hub: institution directory, patient index, manifest registry, audit, retrieval relay."""

@@ -1,0 +1,1 @@
+"""Trust: keys, signed documents (manifests, the key directory), national keys, verification."""
