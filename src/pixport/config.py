@@ -103,6 +103,41 @@ class LimitSettings(Section):
     """Binary values longer than this are sent as BulkDataURI in DICOM JSON metadata."""
 
 
+class HubSettings(Section):
+    """The hub (``pixport hub ...``): directory, patient index, registry, audit, relay."""
+
+    data_dir: Path = Path("pixport-hub")
+    """The hub's signing key (``hub-key.pem``), its public key (``hub-key.jwk``) and, unless
+    ``database_url`` is set, its SQLite database."""
+    database_url: str | None = None
+    """SQLAlchemy URL of the hub's database (PostgreSQL at scale); default SQLite in ``data_dir``."""
+    audience: str = "pixport-hub"
+    """The hub's name in node assertions (their ``aud``)."""
+    host: str = "127.0.0.1"
+    port: int = Field(default=8040, ge=0, le=65535)
+    operator_keys: list[Path] = Field(default_factory=list)
+    """Public JWK files of the operators allowed to call the hub's API as ``operator``."""
+
+
+class GatewaySettings(Section):
+    """A hospital's gateway: the archive plus publishing to the hub."""
+
+    institution_code: str | None = None
+    """This hospital's code in the hub's directory; unset, the node is not a gateway."""
+    signing_key: Path | None = None
+    """PEM private key of the institution (``pixport gateway keys generate``)."""
+    network_key: Path | None = None
+    """The network key the operator provisions, for national keys (never leaves the gateway)."""
+    hub_url: str | None = None
+    """Base URL of the hub, e.g. ``http://127.0.0.1:8040``."""
+    hub_key: Path | None = None
+    """The hub's public JWK, pinned: hub calls and the signed directory are checked against it."""
+    hub_audience: str = "pixport-hub"
+    """The hub's ``audience`` setting."""
+    auto_publish_after: float | None = Field(default=None, gt=0)
+    """Publish a study automatically once it has received nothing for this many seconds."""
+
+
 class Settings(BaseSettings):
     """All of a node's settings."""
 
@@ -116,6 +151,8 @@ class Settings(BaseSettings):
     dimse: DimseSettings = DimseSettings()
     storage: StorageSettings = StorageSettings()
     limits: LimitSettings = LimitSettings()
+    hub: HubSettings = HubSettings()
+    gateway: GatewaySettings = GatewaySettings()
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
     @classmethod

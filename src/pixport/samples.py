@@ -203,3 +203,48 @@ def sample_studies(scale: int = 1) -> Iterator[Dataset]:
         yield from mr_series(patient, f"mr-{index}", slices=10 * scale)
         yield cr_image(patient, f"cr-{index}")
         yield us_cine(patient, f"us-{index}")
+
+
+@dataclass(frozen=True, slots=True)
+class SampleHospital:
+    """A synthetic hospital of the demo network, and which studies it made of which patients."""
+
+    code: str
+    name_ko: str
+    name_en: str
+    id_prefix: str
+    studies: tuple[tuple[int, str], ...]
+    """(index into PATIENTS, kind: ct | mr | cr | us)."""
+
+
+HOSPITALS = (
+    SampleHospital("HANBIT", "한빛대학교병원", "Hanbit University Hospital", "HB", ((0, "ct"), (1, "cr"), (2, "ct"))),
+    SampleHospital("PUREUN", "푸른바다병원", "Pureun Bada Hospital", "PB", ((0, "mr"), (1, "mr"))),
+    SampleHospital("SAEBOM", "새봄의료원", "Saebom Medical Center", "SB", ((0, "us"), (2, "cr"), (1, "us"))),
+)
+
+# Synthetic resident registration numbers of the sample patients (the birth dates match; the
+# rest is made up).  The demo's gateways turn them into national keys and forget them.
+SAMPLE_RRNS = ("800101-1000001", "920315-2000002", "671130-1000003")
+
+
+def hospital_studies(hospital: SampleHospital, scale: int = 1) -> Iterator[Dataset]:
+    """The studies one demo hospital made: its own patient IDs (issuer: its code) and UIDs."""
+    for patient_index, kind in hospital.studies:
+        base = PATIENTS[patient_index]
+        patient = SamplePatient(
+            f"{hospital.id_prefix}-{patient_index + 1:05d}", base.name, base.birth_date, base.sex, base.charset
+        )
+        key = f"{hospital.code}-{kind}-{patient_index}"
+        if kind == "ct":
+            datasets: Iterator[Dataset] = ct_series(patient, key, slices=20 * scale)
+        elif kind == "mr":
+            datasets = mr_series(patient, key, slices=10 * scale)
+        elif kind == "cr":
+            datasets = iter([cr_image(patient, key)])
+        else:
+            datasets = iter([us_cine(patient, key)])
+        for ds in datasets:
+            ds.IssuerOfPatientID = hospital.code
+            ds.InstitutionName = hospital.name_en
+            yield ds

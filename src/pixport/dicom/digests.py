@@ -26,6 +26,7 @@ import numpy as np
 from pixport.dicom.pixel_frames import open_stored_pixels
 from pixport.dicom.pixel_header import has_pixel_data, read_header
 from pixport.dicom.pixels import decoded_frame
+from pixport.errors import PixelDataError
 
 _CHUNK = 1 << 20
 _PREAMBLE = 128
@@ -43,7 +44,11 @@ class InstanceDigests:
 
 
 def instance_digests(fp: IO[bytes]) -> InstanceDigests:
-    """The digests of one stored instance (a seekable Part 10 file); reads it in chunks."""
+    """The digests of one stored instance (a seekable Part 10 file); reads it in chunks.
+
+    Pixel data that cannot be decoded here (a codec pydicom lacks, corrupt data) gets no
+    pixel digest, as an instance without pixels: it can then only verify by its bytes.
+    """
     start = data_set_offset(fp)
     whole, data_set = hashlib.sha256(), hashlib.sha256()
     fp.seek(0)
@@ -53,7 +58,11 @@ def instance_digests(fp: IO[bytes]) -> InstanceDigests:
         if position + len(chunk) > start:
             data_set.update(chunk[max(0, start - position) :])
         position += len(chunk)
-    return InstanceDigests(position, whole.hexdigest(), data_set.hexdigest(), pixel_data_sha256(fp))
+    try:
+        pixels = pixel_data_sha256(fp)
+    except PixelDataError:
+        pixels = None
+    return InstanceDigests(position, whole.hexdigest(), data_set.hexdigest(), pixels)
 
 
 def data_set_offset(fp: IO[bytes]) -> int:

@@ -18,6 +18,7 @@ from pixport.dicomweb import qido, rendered, stow, wado
 from pixport.dicomweb.responses import problem
 from pixport.errors import (
     BadQuery,
+    NotAuthenticated,
     NotFound,
     OutOfResources,
     PixelDataError,
@@ -113,9 +114,21 @@ class AccessLog:
 
 
 def create_app(archive: Archive) -> Starlette:
-    """The ASGI application serving ``archive`` under /dicomweb."""
+    """The ASGI application serving ``archive`` under /dicomweb (and the hub, on a gateway)."""
+    routes: list[Route | Mount] = [
+        Route("/healthz", healthz),
+        Mount("/dicomweb", routes=_routes()),
+        Route("/wado", rendered.wado_uri),
+    ]
+    gateway = None
+    if archive.settings.gateway.institution_code is not None:
+        from pixport.gateway.access import hub_access_routes  # noqa: PLC0415  gateways only
+        from pixport.gateway.node import Gateway  # noqa: PLC0415
+
+        gateway = Gateway(archive.settings, archive)
+        routes = [*hub_access_routes(wado.retrieve, wado.retrieve_metadata), *routes]
     app = Starlette(
-        routes=[Route("/healthz", healthz), Mount("/dicomweb", routes=_routes()), Route("/wado", rendered.wado_uri)],
+        routes=routes,
         exception_handlers={
             NotFound: _handler(404),
             BadQuery: _handler(400),
@@ -123,10 +136,12 @@ def create_app(archive: Archive) -> Starlette:
             PixelDataError: _handler(422),
             OutOfResources: _handler(507),
             StorageUnavailable: _handler(503),
+            NotAuthenticated: _handler(401),
             PixportError: _handler(500),
         },
     )
     app.state.archive = archive
+    app.state.gateway = gateway
     app.state.public_url = archive.settings.http.public_url
     return app
 

@@ -1,0 +1,309 @@
+"""The hub's HTTP API and DICOMweb: every route needs a node assertion (``trust.assertions``).
+
+Routes (``caller`` is the authenticated institution, or ``operator``):
+
+- ``GET /hub/directory``: the signed directory (``application/jose``), for offline checks;
+- ``POST /hub/manifests``: register a signed manifest (body: the JWS); only its issuer may;
+- ``GET /hub/manifests``: current manifests (``?study=``, ``?national_key=``); an institution
+  sees its own, the operator all;
+- ``GET /hub/manifests/{id}``: one manifest's JWS; ``POST /hub/manifests/{id}/withdraw``;
+- ``GET /hub/audit``: audit events (``?national_key=``), operator only;
+- ``GET /dicomweb/studies``: QIDO-RS over the registry (studies the caller may read);
+- ``GET /dicomweb/studies/{study}`` and ``.../metadata``: WADO-RS, streamed from the gateway
+  that holds the study, never buffered whole; every read is audited.
+
+Who may read a study here: the operator and the institution that published it (patients and
+shares come later).  Errors are one JSON problem document each; reasons carry ids, never
+patient data, and never the token.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import httpx
+import structlog
+from starlette.applications import Starlette
+from starlette.background import BackgroundTask
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from pixport.errors import (
+    ManifestInvalid,
+    NotAuthenticated,
+    NotAuthorized,
+    NotFound,
+    PeerUnavailable,
+    PixportError,
+    TrustError,
+)
+from pixport.hub.audit import AuditEvent
+from pixport.hub.institutions import Actor
+from pixport.hub.node import OPERATOR_SUBJECT, Hub
+from pixport.hub.registry import RegisteredManifest
+from pixport.trust.assertions import authorization_header
+
+log = structlog.get_logger("pixport.hub")
+MAX_MANIFEST_BYTES = 64 * 1024 * 1024
+JOSE = "application/jose"
+GATEWAY_DICOMWEB = "/hub-access/dicomweb"
+
+
+async def _caller(request: Request) -> str:
+    hub: Hub = request.app.state.hub
+    caller = await run_in_threadpool(
+        hub.authenticate, request.headers.get("authorization"), request.method, request.url.path
+    )
+    return caller.subject
+
+
+def _actor(request: Request, caller: str) -> Actor:
+    name = OPERATOR_SUBJECT if caller == OPERATOR_SUBJECT else f"institution:{caller}"
+    return Actor(name, request.client.host if request.client else "")
+
+
+async def get_directory(request: Request) -> Response:
+    """The directory of institutions and keys, signed by the hub."""
+    await _caller(request)
+    hub: Hub = request.app.state.hub
+    token = await run_in_threadpool(hub.institutions.signed_directory, hub.key)
+    return Response(token, media_type=JOSE)
+
+
+async def register_manifest(request: Request) -> Response:
+    """Register the signed manifest in the body; 201 with its registry entry."""
+    caller = await _caller(request)
+    if caller == OPERATOR_SUBJECT:
+        raise NotAuthorized("the operator does not publish studies")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_MANIFEST_BYTES:
+            return _problem(413, f"a manifest is at most {MAX_MANIFEST_BYTES} bytes")
+    try:
+        token = body.decode("ascii").strip()
+    except UnicodeDecodeError:
+        return _problem(400, "the body is not a JWS compact serialization")
+    hub: Hub = request.app.state.hub
+    registered = await run_in_threadpool(
+        lambda: hub.registry.register_manifest(token, caller=caller, actor=_actor(request, caller))
+    )
+    return JSONResponse(_public(registered), status_code=201)
+
+
+async def list_manifests(request: Request) -> Response:
+    """Current manifests the caller may see."""
+    caller = await _caller(request)
+    hub: Hub = request.app.state.hub
+    found = await run_in_threadpool(
+        lambda: hub.registry.list_manifests(
+            national_key=request.query_params.get("national_key"),
+            study_instance_uid=request.query_params.get("study"),
+            institution_code=None if caller == OPERATOR_SUBJECT else caller,
+        )
+    )
+    return JSONResponse([_public(m) for m in found])
+
+
+async def get_manifest(request: Request) -> Response:
+    """One manifest's signed JWS, for its issuer or the operator."""
+    caller = await _caller(request)
+    hub: Hub = request.app.state.hub
+    manifest = await run_in_threadpool(hub.registry.get_manifest, request.path_params["manifest_id"])
+    if caller not in {OPERATOR_SUBJECT, manifest.institution_code}:
+        raise NotFound(f"no manifest {manifest.manifest_id}")
+    return Response(manifest.token, media_type=JOSE, headers={"PixPort-Manifest-Status": manifest.status})
+
+
+async def withdraw_manifest(request: Request) -> Response:
+    """Withdraw one of the caller's current manifests (body: ``{"reason": ...}``)."""
+    caller = await _caller(request)
+    try:
+        reason = str((await request.json()).get("reason", ""))[:300]
+    except (ValueError, AttributeError):
+        return _problem(400, 'the body must be a JSON object {"reason": "..."}')
+    hub: Hub = request.app.state.hub
+    withdrawn = await run_in_threadpool(
+        lambda: hub.registry.withdraw_manifest(
+            request.path_params["manifest_id"], caller=caller, reason=reason, actor=_actor(request, caller)
+        )
+    )
+    return JSONResponse(_public(withdrawn))
+
+
+async def list_audit_events(request: Request) -> Response:
+    """Audit events, optionally of one patient (national key); operator only."""
+    caller = await _caller(request)
+    if caller != OPERATOR_SUBJECT:
+        raise NotAuthorized("only the operator reads the audit log")
+    hub: Hub = request.app.state.hub
+    events = await run_in_threadpool(
+        lambda: hub.audit.list_events(
+            national_key=request.query_params.get("national_key"),
+            after_seq=int(request.query_params.get("after", "0") or 0),
+        )
+    )
+    return JSONResponse([_event(e) for e in events])
+
+
+async def search_for_studies(request: Request) -> Response:
+    """QIDO-RS studies from the registry: the current manifests the caller may read."""
+    caller = await _caller(request)
+    hub: Hub = request.app.state.hub
+    found = await run_in_threadpool(
+        lambda: hub.registry.list_manifests(
+            study_instance_uid=request.query_params.get("StudyInstanceUID"),
+            institution_code=None if caller == OPERATOR_SUBJECT else caller,
+        )
+    )
+    return Response(
+        json.dumps([_study_json(m) for m in found]),
+        media_type="application/dicom+json",
+    )
+
+
+async def retrieve_study(request: Request) -> Response:
+    """WADO-RS: the study (or its metadata) streamed from the gateway that published it."""
+    caller = await _caller(request)
+    hub: Hub = request.app.state.hub
+    study = request.path_params["study"]
+    visible = await run_in_threadpool(
+        lambda: hub.registry.list_manifests(
+            study_instance_uid=study, institution_code=None if caller == OPERATOR_SUBJECT else caller
+        )
+    )
+    actor = _actor(request, caller)
+    if not visible:
+        await run_in_threadpool(_audit_read, hub, actor, None, study, "refused")
+        raise NotFound(f"no study {study} that this caller may read")
+    manifest = visible[0]
+    institution = await run_in_threadpool(hub.institutions.get_institution, manifest.institution_code)
+    suffix = request.url.path.split(f"/studies/{study}", 1)[1]
+    path = f"{GATEWAY_DICOMWEB}/studies/{study}{suffix}"
+    headers = {
+        "accept": request.headers.get("accept", "multipart/related; type=application/dicom"),
+        **authorization_header(hub.key, "hub", institution.code, "GET", path),
+    }
+    client: httpx.AsyncClient = request.app.state.client
+    try:
+        upstream = await client.send(
+            client.build_request("GET", institution.endpoint + path, headers=headers), stream=True
+        )
+    except httpx.HTTPError as exc:
+        await run_in_threadpool(_audit_read, hub, actor, manifest, study, "error")
+        raise PeerUnavailable(f"gateway of {institution.code} is unreachable: {type(exc).__name__}") from None
+    if upstream.status_code != 200:  # noqa: PLR2004
+        await upstream.aclose()
+        await run_in_threadpool(_audit_read, hub, actor, manifest, study, "error")
+        raise PeerUnavailable(f"gateway of {institution.code} answered {upstream.status_code}")
+    await run_in_threadpool(_audit_read, hub, actor, manifest, study, "success")
+
+    async def body() -> AsyncIterator[bytes]:
+        async for chunk in upstream.aiter_raw():
+            yield chunk
+
+    passed = {k: v for k, v in upstream.headers.items() if k.lower() in {"content-type", "content-length"}}
+    return StreamingResponse(body(), headers=passed, background=BackgroundTask(upstream.aclose))
+
+
+def _audit_read(hub: Hub, actor: Actor, manifest: RegisteredManifest | None, study: str, outcome: str) -> None:
+    hub.audit.record(
+        AuditEvent(
+            action="study.read",
+            actor=actor.name,
+            actor_address=actor.address,
+            outcome=outcome,
+            national_key=manifest.national_key if manifest else None,
+            object=study,
+            purpose="retrieve through the hub",
+            detail={"manifest_id": manifest.manifest_id if manifest else None},
+        )
+    )
+
+
+def _study_json(m: RegisteredManifest) -> dict[str, object]:
+    return {
+        "0020000D": {"vr": "UI", "Value": [m.study_instance_uid]},
+        "00080020": {"vr": "DA", "Value": [m.study_date]} if m.study_date else {"vr": "DA"},
+        "00080061": {"vr": "CS", "Value": m.modalities} if m.modalities else {"vr": "CS"},
+        "00201208": {"vr": "IS", "Value": [m.number_of_instances]},
+    }
+
+
+def _public(m: RegisteredManifest) -> dict[str, object]:
+    return {
+        "manifest_id": m.manifest_id,
+        "institution": m.institution_code,
+        "national_key": m.national_key,
+        "study_instance_uid": m.study_instance_uid,
+        "issued_at": m.issued_at,
+        "registered_at": m.registered_at,
+        "status": m.status,
+        "supersedes": m.supersedes,
+        "superseded_by": m.superseded_by,
+        "number_of_instances": m.number_of_instances,
+    }
+
+
+def _event(e: object) -> dict[str, object]:
+    from dataclasses import asdict  # noqa: PLC0415
+
+    return asdict(e)  # type: ignore[call-overload, no-any-return]
+
+
+def _problem(status: int, detail: str) -> Response:
+    return JSONResponse({"status": status, "detail": detail}, status_code=status)
+
+
+def _handler(status: int) -> Callable[[Request, Exception], Awaitable[Response]]:
+    async def handle(_request: Request, exc: Exception) -> Response:
+        if status >= 500:  # noqa: PLR2004
+            log.error("request.failed", error=type(exc).__name__, status=status)
+        headers = {"WWW-Authenticate": "PixPort-Assertion"} if status == 401 else None  # noqa: PLR2004
+        response = _problem(status, str(exc))
+        if headers:
+            response.headers.update(headers)
+        return response
+
+    return handle
+
+
+def create_hub_app(hub: Hub) -> Starlette:
+    """The hub's ASGI application."""
+    app = Starlette(
+        routes=[
+            Route("/hub/directory", get_directory),
+            Route("/hub/manifests", register_manifest, methods=["POST"]),
+            Route("/hub/manifests", list_manifests),
+            Route("/hub/manifests/{manifest_id}", get_manifest),
+            Route("/hub/manifests/{manifest_id}/withdraw", withdraw_manifest, methods=["POST"]),
+            Route("/hub/audit", list_audit_events),
+            Route("/dicomweb/studies", search_for_studies),
+            Route("/dicomweb/studies/{study}", retrieve_study),
+            Route("/dicomweb/studies/{study}/metadata", retrieve_study),
+        ],
+        exception_handlers={
+            NotAuthenticated: _handler(401),
+            NotAuthorized: _handler(403),
+            NotFound: _handler(404),
+            ManifestInvalid: _handler(409),
+            TrustError: _handler(422),
+            PeerUnavailable: _handler(502),
+            PixportError: _handler(500),
+        },
+        lifespan=_lifespan,
+    )
+    app.state.hub = hub
+    return app
+
+
+@contextlib.asynccontextmanager
+async def _lifespan(app: Starlette) -> AsyncIterator[None]:
+    # One client for every relayed read: connections to gateways are kept and reused.
+    async with httpx.AsyncClient(timeout=httpx.Timeout(60, connect=10)) as client:
+        app.state.client = client
+        yield
