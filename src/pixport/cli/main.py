@@ -35,12 +35,14 @@ def _register() -> None:
     from pixport.cli.dimse import dimse_app  # noqa: PLC0415
     from pixport.cli.gateway import gateway_app  # noqa: PLC0415
     from pixport.cli.hub import hub_app  # noqa: PLC0415
+    from pixport.cli.verify import verify  # noqa: PLC0415
 
     app.add_typer(archive_app, name="archive")
     app.add_typer(dimse_app, name="dimse")
     app.add_typer(hub_app, name="hub")
     app.add_typer(gateway_app, name="gateway")
     app.command("demo")(demo)
+    app.command("verify")(verify)
 
 
 def main() -> None:

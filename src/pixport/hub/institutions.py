@@ -200,6 +200,12 @@ class InstitutionService:
 
     def current_key(self, code: str, kid: str, moment: datetime | None = None) -> KeyEntry:
         """Key ``kid`` of an active institution ``code``, valid at ``moment`` (now); KeyNotTrusted otherwise."""
+        with self._engine.connect() as connection:
+            owner = connection.execute(
+                select(institution_keys.c.institution_code).where(institution_keys.c.kid == kid)
+            ).scalar_one_or_none()
+        if owner is not None and owner != code:
+            raise KeyNotTrusted(f"key {kid} belongs to institution {owner}, not to the issuer {code}")
         institution = self.find_institution(code)
         if institution is None:
             raise KeyNotTrusted(f"{code} is not an admitted institution")

@@ -1,0 +1,445 @@
+"""The hub and two gateways as separate processes on loopback, set up with the CLI as an operator would.
+
+Every request between the gateways and the hub goes through a recording TCP proxy, so the
+test can show what reached the hub: never a resident registration number.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import pytest
+from dimse_support import free_port
+
+from pixport.samples import HOSPITALS, SAMPLE_RRNS, hospital_studies
+from pixport.trust import jws
+from pixport.trust.assertions import authorization_header
+from pixport.trust.keys import SigningKey
+from pixport.trust.manifest import build_manifest, manifest_from_payload, manifest_payload, sign_manifest
+
+HANBIT, PUREUN = HOSPITALS[0], HOSPITALS[1]
+RRN_FORMS = [rrn.encode() for rrn in SAMPLE_RRNS] + [rrn.replace("-", "").encode() for rrn in SAMPLE_RRNS]
+
+
+def pixport(*args: str | Path, env: dict[str, str], stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-c", "from pixport.cli.main import main; main()", *map(str, args)],
+        env=env,
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+class RecordingProxy:
+    """A TCP forwarder that keeps every byte it passes, both ways."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.recorded = bytearray()
+        self._lock = threading.Lock()
+        self._server = socket.create_server(("127.0.0.1", 0))
+        self.port = self._server.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self._server.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(("127.0.0.1", self.target_port))
+            threading.Thread(target=self._pipe, args=(client, upstream), daemon=True).start()
+            threading.Thread(target=self._pipe, args=(upstream, client), daemon=True).start()
+
+    def _pipe(self, source: socket.socket, sink: socket.socket) -> None:
+        try:
+            while data := source.recv(65536):
+                with self._lock:
+                    self.recorded += data
+                sink.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for end in (source, sink):
+                with contextlib.suppress(OSError):
+                    end.shutdown(socket.SHUT_RDWR)
+                end.close()
+
+    def close(self) -> None:
+        self._server.close()
+
+
+@dataclass
+class Network:
+    root: Path
+    hub_env: dict[str, str]
+    hub_url: str
+    proxy: RecordingProxy
+    gateway_env: dict[str, dict[str, str]] = field(default_factory=dict)
+    gateway_url: dict[str, str] = field(default_factory=dict)
+    studies: dict[str, list[str]] = field(default_factory=dict)
+    processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    operator: SigningKey | None = None
+
+    def key(self, code: str) -> SigningKey:
+        return SigningKey.load(self.root / code / "key.pem")
+
+    def hub_get(self, key: SigningKey, subject: str, path: str) -> httpx.Response:
+        headers = authorization_header(key, subject, "pixport-hub", "GET", path.split("?", maxsplit=1)[0])
+        return httpx.get(self.hub_url + path, headers=headers, timeout=60)
+
+    def hub_post(self, key: SigningKey, subject: str, path: str, content: bytes) -> httpx.Response:
+        headers = authorization_header(key, subject, "pixport-hub", "POST", path)
+        return httpx.post(self.hub_url + path, headers=headers, content=content, timeout=60)
+
+
+def _base_env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if not k.startswith("PIXPORT_")}
+
+
+def _wait(url: str, process: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        assert process.poll() is None, f"{url} exited"
+        with contextlib.suppress(httpx.HTTPError):
+            httpx.get(url, timeout=2)
+            return
+        time.sleep(0.2)
+    pytest.fail(f"{url} did not start")
+
+
+@pytest.fixture(scope="module")
+def network(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Network]:
+    root = tmp_path_factory.mktemp("network")
+    hub_port = free_port()
+    operator = SigningKey.generate()
+    operator.save(root / "operator.pem")
+    (root / "operator.jwk").write_text(json.dumps(operator.public_jwk()))
+    hub_env = {
+        **_base_env(),
+        "PIXPORT_HUB__DATA_DIR": str(root / "hub"),
+        "PIXPORT_HUB__PORT": str(hub_port),
+        "PIXPORT_HUB__OPERATOR_KEYS": json.dumps([str(root / "operator.jwk")]),
+    }
+    assert pixport("hub", "init", env=hub_env).returncode == 0
+    assert pixport("hub", "network-key", root / "network.key", env=hub_env).returncode == 0
+    logs = (root / "logs").open("ab")
+    hub = subprocess.Popen(
+        [sys.executable, "-c", "from pixport.cli.main import main; main()", "hub", "serve"],
+        env=hub_env,
+        stdout=logs,
+        stderr=subprocess.STDOUT,
+    )
+    proxy = RecordingProxy(hub_port)
+    net = Network(root, hub_env, f"http://127.0.0.1:{proxy.port}", proxy, operator=operator)
+    net.processes.append(hub)
+    try:
+        _wait(f"http://127.0.0.1:{hub_port}/hub/directory", hub)
+        for hospital in (HANBIT, PUREUN):
+            code, folder, port = hospital.code, root / hospital.code, free_port()
+            env = {
+                **_base_env(),
+                "PIXPORT_STORAGE__DATA_DIR": str(folder / "archive"),
+                "PIXPORT_HTTP__PORT": str(port),
+                "PIXPORT_HTTP__WORKERS": "1",
+                "PIXPORT_GATEWAY__INSTITUTION_CODE": code,
+                "PIXPORT_GATEWAY__SIGNING_KEY": str(folder / "key.pem"),
+                "PIXPORT_GATEWAY__NETWORK_KEY": str(root / "network.key"),
+                "PIXPORT_GATEWAY__HUB_URL": net.hub_url,
+                "PIXPORT_GATEWAY__HUB_KEY": str(root / "hub" / "hub-key.jwk"),
+            }
+            assert pixport("gateway", "keys", "generate", env=env).returncode == 0
+            admitted = pixport(
+                "hub", "institutions", "add", code, "--name-ko", hospital.name_ko, "--name-en", hospital.name_en,
+                "--endpoint", f"http://127.0.0.1:{port}", "--public-key", folder / "key.jwk", env=hub_env,
+            )  # fmt: skip
+            assert admitted.returncode == 0, admitted.stderr
+            images = folder / "incoming"
+            images.mkdir()
+            studies: list[str] = []
+            for number, dataset in enumerate(hospital_studies(hospital)):
+                dataset.save_as(images / f"{number}.dcm", enforce_file_format=True)
+                if str(dataset.StudyInstanceUID) not in studies:
+                    studies.append(str(dataset.StudyInstanceUID))
+            imported = pixport("archive", "import", images, env=env)
+            assert imported.returncode == 0, imported.stderr
+            for patient_index, _ in hospital.studies:
+                linked = pixport(
+                    "gateway", "patients", "link", f"{hospital.id_prefix}-{patient_index + 1:05d}",
+                    env=env, stdin=SAMPLE_RRNS[patient_index] + "\n",
+                )  # fmt: skip
+                assert linked.returncode == 0, linked.stderr
+            gateway = subprocess.Popen(
+                [sys.executable, "-c", "from pixport.cli.main import main; main()", "gateway", "serve"],
+                env=env,
+                stdout=logs,
+                stderr=subprocess.STDOUT,
+            )
+            net.processes.append(gateway)
+            _wait(f"http://127.0.0.1:{port}/healthz", gateway)
+            net.gateway_env[code] = env
+            net.gateway_url[code] = f"http://127.0.0.1:{port}"
+            net.studies[code] = studies
+        yield net
+    finally:
+        for process in net.processes:
+            process.terminate()
+        for process in net.processes:
+            process.wait(20)
+        proxy.close()
+        logs.close()
+
+
+@pytest.fixture(scope="module")
+def published(network: Network) -> dict[str, list[dict[str, object]]]:
+    results = {}
+    for code in (HANBIT.code, PUREUN.code):
+        result = pixport("gateway", "publish", *network.studies[code], "--json", env=network.gateway_env[code])
+        assert result.returncode == 0, result.stderr
+        results[code] = json.loads(result.stdout)
+    return results
+
+
+def test_publish_registers_every_study_with_one_national_key_per_person(
+    network: Network, published: dict[str, list[dict[str, object]]]
+) -> None:
+    hanbit = published[HANBIT.code]
+    assert [r["study_instance_uid"] for r in hanbit] == network.studies[HANBIT.code]
+    assert all(r["status"] == "current" for r in hanbit)
+    # Patient 0 was seen at both hospitals, under different local IDs: one national key.
+    pureun_first = published[PUREUN.code][0]
+    assert hanbit[0]["national_key"] == pureun_first["national_key"]
+    assert hanbit[0]["national_key"] != hanbit[1]["national_key"]
+    assert network.operator is not None
+    listed = network.hub_get(network.operator, "operator", f"/hub/manifests?national_key={hanbit[0]['national_key']}")
+    assert listed.status_code == 200
+    assert {m["institution"] for m in listed.json()} == {HANBIT.code, PUREUN.code}
+
+
+def _parts(response: httpx.Response) -> list[bytes]:
+    """The bodies of a multipart/related response."""
+    boundary = response.headers["content-type"].split("boundary=")[1].split(";")[0].strip('"')
+    parts = []
+    for chunk in response.content.split(b"--" + boundary.encode())[1:-1]:
+        body = chunk.partition(b"\r\n\r\n")[2]
+        parts.append(body.removesuffix(b"\r\n"))
+    return parts
+
+
+def test_retrieve_through_the_hub_is_the_gateways_bytes_and_verifies(
+    network: Network, published: dict[str, list[dict[str, object]]], tmp_path: Path
+) -> None:
+    study = network.studies[HANBIT.code][0]
+    key = network.key(HANBIT.code)
+    through_hub = network.hub_get(key, HANBIT.code, f"/dicomweb/studies/{study}")
+    assert through_hub.status_code == 200, through_hub.text
+    direct = httpx.get(
+        f"{network.gateway_url[HANBIT.code]}/dicomweb/studies/{study}",
+        headers={"accept": 'multipart/related; type="application/dicom"'},
+        timeout=60,
+    )
+    assert sorted(_parts(through_hub)) == sorted(_parts(direct))
+    images = tmp_path / "images"
+    images.mkdir()
+    for number, part in enumerate(_parts(through_hub)):
+        (images / f"{number}.dcm").write_bytes(part)
+    manifest = network.hub_get(key, HANBIT.code, f"/hub/manifests/{published[HANBIT.code][0]['manifest_id']}")
+    assert manifest.status_code == 200
+    (tmp_path / "manifest.jws").write_text(manifest.text)
+    env = network.gateway_env[HANBIT.code]
+    assert pixport("gateway", "directory", tmp_path / "directory.jws", env=env).returncode == 0
+    checked = pixport(
+        "verify", tmp_path / "manifest.jws", images, "--directory", tmp_path / "directory.jws",
+        "--hub-key", network.root / "hub" / "hub-key.jwk", "--json", env=env,
+    )  # fmt: skip
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    report = json.loads(checked.stdout)
+    assert report["ok"] is True
+    # One byte flipped in the last part's pixel data: altered, with its UID.
+    victim = max(images.iterdir())
+    data = bytearray(victim.read_bytes())
+    data[-10] ^= 0xFF
+    victim.write_bytes(bytes(data))
+    tampered = pixport(
+        "verify", tmp_path / "manifest.jws", images, "--directory", tmp_path / "directory.jws",
+        "--hub-key", network.root / "hub" / "hub-key.jwk", "--json", env=env,
+    )  # fmt: skip
+    assert tampered.returncode == 1
+    assert json.loads(tampered.stdout)["ok"] is False
+    assert "altered" in tampered.stdout
+
+
+def test_only_the_publisher_and_the_operator_read_a_study(
+    network: Network, published: dict[str, list[dict[str, object]]]
+) -> None:
+    assert published
+    study = network.studies[HANBIT.code][0]
+    other = network.hub_get(network.key(PUREUN.code), PUREUN.code, f"/dicomweb/studies/{study}")
+    assert other.status_code == 404
+    assert network.operator is not None
+    assert network.hub_get(network.operator, "operator", f"/dicomweb/studies/{study}").status_code == 200
+    anonymous = httpx.get(f"{network.hub_url}/dicomweb/studies/{study}", timeout=30)
+    assert anonymous.status_code == 401
+    # The gateway serves the hub only: another institution's key is refused there.
+    path = f"/hub-access/dicomweb/studies/{study}"
+    headers = authorization_header(network.key(PUREUN.code), "hub", HANBIT.code, "GET", path)
+    refused = httpx.get(network.gateway_url[HANBIT.code] + path, headers=headers, timeout=30)
+    assert refused.status_code == 401
+    assert "pinned key" in refused.text
+
+
+def test_a_gateway_cannot_act_as_another(network: Network, published: dict[str, list[dict[str, object]]]) -> None:
+    hanbit_key = network.key(HANBIT.code)
+    # Claiming to be PUREUN with HANBIT's key.
+    response = network.hub_get(hanbit_key, PUREUN.code, "/hub/manifests")
+    assert response.status_code == 401
+    assert "not in the directory" in response.json()["detail"] or "not trusted" in response.json()["detail"]
+    # Registering, as HANBIT, a manifest that says PUREUN issued it (signed with HANBIT's key).
+    token = str(
+        network.hub_get(hanbit_key, HANBIT.code, f"/hub/manifests/{published[HANBIT.code][0]['manifest_id']}").text
+    )
+    manifest = manifest_from_payload(jws.read_payload_unverified(token))
+    forged = build_manifest(
+        issuer=PUREUN.code, patient=manifest.patient, study=manifest.study, instances=list(manifest.instances)
+    )
+    response = network.hub_post(hanbit_key, HANBIT.code, "/hub/manifests", sign_manifest(forged, hanbit_key).encode())
+    assert response.status_code == 403
+    assert "cannot register a manifest issued by PUREUN" in response.json()["detail"]
+    # Registering PUREUN's manifest as PUREUN but signed with HANBIT's key.
+    response = network.hub_post(hanbit_key, HANBIT.code, "/hub/manifests", sign_manifest(forged, hanbit_key).encode())
+    assert response.status_code == 403
+
+
+def test_a_manifest_signed_by_another_institutions_key_is_refused(
+    network: Network, published: dict[str, list[dict[str, object]]]
+) -> None:
+    pureun_key = network.key(PUREUN.code)
+    token = network.hub_get(pureun_key, PUREUN.code, f"/hub/manifests/{published[PUREUN.code][0]['manifest_id']}").text
+    manifest = manifest_from_payload(jws.read_payload_unverified(token))
+    corrected = build_manifest(
+        issuer=PUREUN.code,
+        patient=manifest.patient,
+        study=manifest.study,
+        instances=list(manifest.instances),
+        supersedes=manifest.manifest_id,
+    )
+    signed_by_hanbit = sign_manifest(corrected, network.key(HANBIT.code))
+    response = network.hub_post(pureun_key, PUREUN.code, "/hub/manifests", signed_by_hanbit.encode())
+    assert response.status_code == 422
+    assert "belongs to institution HANBIT, not to the issuer PUREUN" in response.json()["detail"]
+
+
+def test_a_replayed_superseded_manifest_is_refused(
+    network: Network, published: dict[str, list[dict[str, object]]]
+) -> None:
+    code = PUREUN.code
+    study = network.studies[code][1]
+    first_id = next(r["manifest_id"] for r in published[code] if r["study_instance_uid"] == study)
+    key = network.key(code)
+    old_token = network.hub_get(key, code, f"/hub/manifests/{first_id}").text
+    republished = pixport("gateway", "publish", study, "--json", env=network.gateway_env[code])
+    assert republished.returncode == 0, republished.stderr
+    correction = json.loads(republished.stdout)[0]
+    assert correction["supersedes"] == first_id
+    replay = network.hub_post(key, code, "/hub/manifests", old_token.encode())
+    assert replay.status_code == 409
+    assert f"superseded by {correction['manifest_id']}: replay refused" in replay.json()["detail"]
+    # A new manifest for the study that does not supersede the current one is refused too.
+    manifest = manifest_from_payload(jws.read_payload_unverified(old_token))
+    rival = build_manifest(
+        issuer=code, patient=manifest.patient, study=manifest.study, instances=list(manifest.instances)
+    )
+    response = network.hub_post(key, code, "/hub/manifests", sign_manifest(rival, key).encode())
+    assert response.status_code == 409
+    assert "a correction must supersede it" in response.json()["detail"]
+
+
+def test_a_revoked_key_cannot_publish_or_call(network: Network, published: dict[str, list[dict[str, object]]]) -> None:
+    assert published
+    # A third institution, admitted for this test, whose key is then revoked.
+    key = SigningKey.generate()
+    (network.root / "third.jwk").write_text(json.dumps(key.public_jwk()))
+    admitted = pixport(
+        "hub", "institutions", "add", "THIRD", "--name-ko", "셋째병원", "--name-en", "Third Hospital",
+        "--endpoint", "http://127.0.0.1:9", "--public-key", network.root / "third.jwk", env=network.hub_env,
+    )  # fmt: skip
+    assert admitted.returncode == 0, admitted.stderr
+    assert network.hub_get(key, "THIRD", "/hub/manifests").status_code == 200
+    revoked = pixport("hub", "keys", "revoke", "THIRD", key.kid, "--reason", "key compromised", env=network.hub_env)
+    assert revoked.returncode == 0, revoked.stderr
+    response = network.hub_get(key, "THIRD", "/hub/manifests")
+    assert response.status_code == 401
+    assert "revoked" in response.json()["detail"]
+    assert "key compromised" in response.json()["detail"]
+
+
+def test_the_audit_log_verifies_and_catches_an_edit(
+    network: Network, published: dict[str, list[dict[str, object]]], tmp_path: Path
+) -> None:
+    assert published
+    verified = pixport("hub", "audit", "verify", "--json", env=network.hub_env)
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    report = json.loads(verified.stdout)
+    assert report["ok"] is True
+    assert report["events_checked"] >= len(published[HANBIT.code]) + len(published[PUREUN.code])
+    # Edit a copy of the database: the hub keeps running on the original.
+    copy = tmp_path / "hub"
+    copy.mkdir()
+    source = sqlite3.connect(network.root / "hub" / "hub.db")
+    target = sqlite3.connect(copy / "hub.db")
+    source.backup(target)
+    source.close()
+    target.execute("UPDATE audit_events SET purpose = 'nothing to see' WHERE seq = 2")
+    target.commit()
+    target.close()
+    (copy / "hub-key.pem").write_bytes((network.root / "hub" / "hub-key.pem").read_bytes())
+    tampered = pixport("hub", "audit", "verify", env={**network.hub_env, "PIXPORT_HUB__DATA_DIR": str(copy)})
+    assert tampered.returncode == 1
+    assert "event 2" in tampered.stdout
+
+
+def test_no_resident_registration_number_reaches_the_hub(
+    network: Network, published: dict[str, list[dict[str, object]]]
+) -> None:
+    assert published
+    assert len(network.proxy.recorded) > 0  # the gateways' calls went through the proxy
+    assert b"/hub/manifests" in network.proxy.recorded
+    seen = {"requests": bytes(network.proxy.recorded)}
+    for path in (network.root / "hub").rglob("*"):
+        if path.is_file():
+            seen[str(path)] = path.read_bytes()
+    seen["logs"] = (network.root / "logs").read_bytes()
+    for code in (HANBIT.code, PUREUN.code):  # nor is one kept at the gateways
+        for path in (network.root / code).rglob("*.db*"):
+            seen[str(path)] = path.read_bytes()
+    for where, data in seen.items():
+        for rrn in RRN_FORMS:
+            assert rrn not in data, f"an RRN is in {where}"
+    # The national keys, on the other hand, are there: the check above looked at the right bytes.
+    national_key = str(published[HANBIT.code][0]["national_key"]).encode()
+    assert national_key in seen["requests"]
+    assert any(national_key in data for where, data in seen.items() if where.endswith("hub.db"))
+
+
+def test_manifest_payload_round_trips(published: dict[str, list[dict[str, object]]], network: Network) -> None:
+    token = network.hub_get(
+        network.key(HANBIT.code), HANBIT.code, f"/hub/manifests/{published[HANBIT.code][0]['manifest_id']}"
+    ).text
+    payload = jws.read_payload_unverified(token)
+    assert manifest_payload(manifest_from_payload(payload)) == payload
+    assert payload["patient"]["name"].endswith("홍^길동")
