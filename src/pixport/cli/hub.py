@@ -75,6 +75,8 @@ def serve(ctx: typer.Context) -> None:
             port=settings.hub.port,
             access_log=False,
             log_level=settings.log_level,
+            loop="uvloop",
+            http="httptools",
         )
     finally:
         hub.close()
