@@ -20,6 +20,7 @@ Ctrl-C (or SIGTERM) stops every process and exits 0.
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 import shutil
@@ -53,11 +54,10 @@ class Node:
 
 
 def _environment(settings: Settings) -> dict[str, str]:
-    document = settings.model_dump(mode="json")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PIXPORT_")}
-    for name, value in document.items():
-        env[f"PIXPORT_{name.upper()}"] = value if isinstance(value, str) else json.dumps(value)
-    return env
+    from pixport.dicomweb.server import settings_environment  # noqa: PLC0415
+
+    inherited = {k: v for k, v in os.environ.items() if not k.startswith("PIXPORT_")}
+    return {**inherited, **settings_environment(settings)}
 
 
 def _start(name: str, url: str, command: list[str], settings: Settings, log_dir: Path) -> Node:
@@ -182,8 +182,6 @@ def demo(  # noqa: C901, PLR0912, PLR0915  the demo's steps, in the order a read
         try:
             studies: list[str] = []
             for dataset in hospital_studies(hospital):
-                import io  # noqa: PLC0415
-
                 buffer = io.BytesIO()
                 dataset.save_as(buffer, enforce_file_format=True)
                 buffer.seek(0)
@@ -261,15 +259,7 @@ def _export_study(archive: Any, gateway: Any, study: str, exports: Path) -> None
     for number, instance in enumerate(archive.index.list_instances(study), start=1):
         with archive.blobs.open(instance.digest) as source, (folder / f"IMG{number:05d}.dcm").open("wb") as out:
             shutil.copyfileobj(source, out)
-    publication = gateway.find_publication(study)
-    from sqlalchemy import select  # noqa: PLC0415
-
-    from pixport.gateway.node import publications  # noqa: PLC0415
-
-    with gateway.engine.connect() as connection:
-        token = connection.execute(
-            select(publications.c.token).where(publications.c.study_instance_uid == publication.study_instance_uid)
-        ).scalar_one()
+    token = gateway.manifest_token(study)
     (exports / "study.manifest.jws").write_text(token + "\n")
 
 

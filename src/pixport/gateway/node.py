@@ -173,6 +173,16 @@ class Gateway:
             return None
         return Publication(row.study_instance_uid, row.manifest_id, row.status, row.published_at)
 
+    def manifest_token(self, study_instance_uid: str) -> str:
+        """The signed manifest (JWS) this gateway registered for a study; NotFound if none."""
+        with self.engine.connect() as connection:
+            token = connection.execute(
+                select(publications.c.token).where(publications.c.study_instance_uid == study_instance_uid)
+            ).scalar_one_or_none()
+        if token is None:
+            raise NotFound(f"study {study_instance_uid} is not published")
+        return str(token)
+
     def list_publications(self) -> list[Publication]:
         """Every study this gateway has published."""
         with self.engine.connect() as connection:
