@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 from pathlib import Path
 
 import orjson
@@ -200,10 +201,45 @@ def test_before_commit_runs_inside_the_transaction(archive: Archive) -> None:
     assert index.count_instances() == 1
 
 
+def test_list_study_activity(archive: Archive) -> None:
+    """Each study's newest reception and instance count, bounded on either side, or by UID."""
+    index = archive.index
+    first, second = generate_uid(), generate_uid()
+    first_series, second_series = generate_uid(), generate_uid()
+    a, b, c, d = (generate_uid() for _ in range(4))
+    before = datetime.now(UTC)
+    index.store_instances(
+        [_new_instance(a, first, first_series, "a" * 64, "s"), _new_instance(b, first, first_series, "b" * 64, "s")]
+    )
+    between = datetime.now(UTC)
+    index.store_instances([_new_instance(c, second, second_series, "c" * 64, "s")])
+    after = datetime.now(UTC)
+
+    everything = index.list_study_activity()
+    assert [(s.study_instance_uid, s.number_of_instances) for s in everything] == [(first, 2), (second, 1)]
+    assert before <= everything[0].last_received_at <= between <= everything[1].last_received_at <= after
+    assert everything[0].last_received_at.tzinfo is not None
+    assert [s.study_instance_uid for s in index.list_study_activity(received_until=between)] == [first]
+    assert [s.study_instance_uid for s in index.list_study_activity(received_after=between)] == [second]
+    assert index.list_study_activity(received_after=after) == []
+    assert index.list_study_activity(received_until=before) == []
+    assert [s.study_instance_uid for s in index.list_study_activity(study_instance_uids=[second])] == [second]
+    assert index.list_study_activity(study_instance_uids=[]) == []
+
+    # A duplicate changes nothing; a new instance moves its study past the others.
+    index.store_instances([_new_instance(a, first, first_series, "a" * 64, "again")])
+    assert index.list_study_activity(received_after=after) == []
+    index.store_instances([_new_instance(d, first, first_series, "d" * 64, "later")])
+    [moved] = index.list_study_activity(received_after=after)
+    assert (moved.study_instance_uid, moved.number_of_instances) == (first, 3)
+    assert [s.study_instance_uid for s in index.list_study_activity()] == [second, first]
+
+
 def test_empty_index(archive: Archive) -> None:
     assert archive.index.count_instances() == 0
     assert list(archive.index.iter_digests()) == []
     assert archive.index.list_conflicts() == []
+    assert archive.index.list_study_activity() == []
     assert archive.index.search(Query("study")) == []
     assert archive.index.list_instances(generate_uid()) == []
 

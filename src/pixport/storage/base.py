@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from enum import Enum
 from pathlib import Path
 from typing import IO, Any, Literal, Protocol, runtime_checkable
@@ -66,6 +67,16 @@ class Conflict:
     offered_digest: str
     source: str
     received_at: str
+
+
+@dataclass(frozen=True, slots=True)
+class StudyActivity:
+    """When a study last received an instance, and how many instances it holds."""
+
+    study_instance_uid: str
+    number_of_instances: int
+    last_received_at: datetime
+    """Reception time (UTC) of the study's newest instance: when its index row was written."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,6 +157,22 @@ class IndexStore(Protocol):
 
     def list_conflicts(self) -> list[Conflict]:
         """Every recorded conflict, oldest first."""
+        ...
+
+    def list_study_activity(
+        self,
+        *,
+        received_after: datetime | None = None,
+        received_until: datetime | None = None,
+        study_instance_uids: Sequence[str] | None = None,
+    ) -> list[StudyActivity]:
+        """Studies whose newest instance was received in (``received_after``, ``received_until``].
+
+        Either bound may be None (unbounded); ``study_instance_uids`` restricts the answer to
+        those studies.  Ordered by the newest reception, oldest first.  Instances are only
+        ever added (a changed object under a stored SOP Instance UID is a refused conflict),
+        so a study that changed has a later ``last_received_at`` and a larger count.
+        """
         ...
 
     def iter_digests(self) -> Iterator[tuple[str, str]]:

@@ -48,6 +48,7 @@ from pixport.storage.base import (
     Query,
     QueryRow,
     StoredInstance,
+    StudyActivity,
 )
 
 metadata = MetaData()
@@ -187,7 +188,12 @@ def _json_array_postgresql(element: json_array, compiler: Any, **kw: Any) -> str
 
 
 def _now() -> str:
-    return dt.datetime.now(dt.UTC).isoformat(timespec="microseconds")
+    return _received_at(dt.datetime.now(dt.UTC))
+
+
+def _received_at(moment: dt.datetime) -> str:
+    """The stored form of a reception time: ISO 8601 in UTC to the microsecond, which sorts as text."""
+    return moment.astimezone(dt.UTC).isoformat(timespec="microseconds")
 
 
 def like_pattern(value: str) -> str:
@@ -673,6 +679,33 @@ class SqlIndexStore:
         ).order_by(conflicts.c.pk)
         with self._errors(), self.engine.connect() as conn:
             return [Conflict(*row) for row in conn.execute(stmt)]
+
+    def list_study_activity(
+        self,
+        *,
+        received_after: dt.datetime | None = None,
+        received_until: dt.datetime | None = None,
+        study_instance_uids: Sequence[str] | None = None,
+    ) -> list[StudyActivity]:
+        """One grouped statement over the instances (received_at is compared as text)."""
+        last = func.max(instances.c.received_at)
+        stmt = (
+            select(studies.c.study_instance_uid, func.count(instances.c.pk), last)
+            .select_from(instances.join(studies, instances.c.study_pk == studies.c.pk))
+            .group_by(studies.c.pk, studies.c.study_instance_uid)
+            .order_by(last, studies.c.pk)
+        )
+        if study_instance_uids is not None:
+            stmt = stmt.where(studies.c.study_instance_uid.in_(list(study_instance_uids)))
+        if received_after is not None:
+            stmt = stmt.having(last > _received_at(received_after))
+        if received_until is not None:
+            stmt = stmt.having(last <= _received_at(received_until))
+        with self._errors(), self.engine.connect() as conn:
+            return [
+                StudyActivity(uid, int(count), dt.datetime.fromisoformat(received))
+                for uid, count, received in conn.execute(stmt)
+            ]
 
     def iter_digests(self) -> Iterator[tuple[str, str]]:
         with self._errors(), self.engine.connect() as conn:
