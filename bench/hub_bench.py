@@ -348,7 +348,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="smoke run: 50 CT slices")
     parser.add_argument("--ct", type=int, help="CT slices (default 500, --quick 50)")
-    parser.add_argument("--rounds", type=int, default=3, help="timed rounds, median reported (default %(default)s)")
+    parser.add_argument("--rounds", type=int, default=5, help="timed rounds, median reported (default %(default)s)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed retrieves of each first (default %(default)s)")
     parser.add_argument("--data", type=Path, default=generate.DEFAULT_OUT, help="data cache (default bench/.data)")
     parser.add_argument("--tmp", type=Path, help="where the servers' temporary folders go (default: system temp)")

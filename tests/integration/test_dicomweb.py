@@ -383,10 +383,13 @@ def test_retrieve_accept_variants(loaded: Node) -> None:
         response = httpx.get(url, headers={"Accept": accept})
         assert response.status_code == 200, accept
         assert split_multipart(response)[0][1] == original
+        # As stored, the length is announced before the body, and it is exact.
+        assert int(response.headers["content-length"]) == len(response.content), accept
     explicit = httpx.get(
         url, headers={"Accept": 'multipart/related; type="application/dicom"; transfer-syntax=1.2.840.10008.1.2.1'}
     )
     assert explicit.status_code == 200
+    assert "content-length" not in explicit.headers  # transcoded as it goes: length unknown up front
     decoded = pydicom.dcmread(io.BytesIO(split_multipart(explicit)[0][1]))
     assert decoded.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.1"
     assert (decoded.pixel_array == pydicom.dcmread(JPEG_LOSSLESS).pixel_array).all()

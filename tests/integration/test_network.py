@@ -443,3 +443,23 @@ def test_manifest_payload_round_trips(published: dict[str, list[dict[str, object
     payload = jws.read_payload_unverified(token)
     assert manifest_payload(manifest_from_payload(payload)) == payload
     assert payload["patient"]["name"].endswith("홍^길동")
+
+
+def test_a_reader_gone_mid_study_leaves_the_relay_working(
+    network: Network, published: dict[str, list[dict[str, object]]]
+) -> None:
+    assert published
+    study = network.studies[HANBIT.code][0]
+    key = network.key(HANBIT.code)
+    path = f"/dicomweb/studies/{study}"
+    whole = network.hub_get(key, HANBIT.code, path)
+    assert whole.status_code == 200
+    for _ in range(3):  # each leaves the hub's connection to the gateway with a study in flight
+        headers = authorization_header(key, HANBIT.code, "pixport-hub", "GET", path)
+        with httpx.stream("GET", network.hub_url + path, headers=headers, timeout=60) as reply:
+            assert reply.status_code == 200
+            assert next(reply.iter_raw(512))
+    for _ in range(3):  # and the next reads get the whole study, every byte
+        again = network.hub_get(key, HANBIT.code, path)
+        assert again.status_code == 200
+        assert sorted(_parts(again)) == sorted(_parts(whole))

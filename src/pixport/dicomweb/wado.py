@@ -107,15 +107,28 @@ async def retrieve(request: Request) -> Response:
         # Transcode the first instance before answering, so that an instance that cannot be
         # decoded gets a status code rather than a response cut short.
         first = await run_in_threadpool(_transcoded, archive, found[0].digest)
+    as_stored = all(syntax in {None, i.transfer_syntax_uid} for i in found)
     if container == "single":
         body = _single(archive, found[0], syntax, first)
         media_type = f"{DICOM}; transfer-syntax={syntax or found[0].transfer_syntax_uid}"
-        return StreamingResponse(body, media_type=media_type)
+        length = {"content-length": str(found[0].size)} if as_stored else None
+        return StreamingResponse(body, media_type=media_type, headers=length)
     boundary = new_boundary()
     media_type = f'multipart/related; type="{DICOM}"; boundary={boundary}'
     if syntax is not None:
         media_type += f"; transfer-syntax={syntax}"
-    return StreamingResponse(_multipart(archive, found, syntax, boundary, first), media_type=media_type)
+    # Sent as stored, the body's length is known before the first byte: a reader sees its
+    # progress, and a relay (the hub) passes the body on without chunked framing.
+    length = {"content-length": str(_multipart_length(found, syntax, boundary))} if as_stored else None
+    return StreamingResponse(_multipart(archive, found, syntax, boundary, first), media_type=media_type, headers=length)
+
+
+def _multipart_length(found: list[StoredInstance], syntax: str | None, boundary: str) -> int:
+    """The exact length of ``_multipart``'s body when every instance goes as stored."""
+    headers = sum(
+        len(part_header(boundary, f"{DICOM}; transfer-syntax={syntax or i.transfer_syntax_uid}")) for i in found
+    )
+    return headers + sum(i.size + 2 for i in found) + len(closing(boundary))
 
 
 async def _single(
