@@ -107,6 +107,60 @@ def publish(
         )
 
 
+@gateway_app.command("withdraw")
+def withdraw(
+    ctx: typer.Context,
+    study_instance_uid: Annotated[str, typer.Argument(help="The published study to withdraw.")],
+    reason: Annotated[
+        str, typer.Option("--reason", help="Why, for the hub's audit log (never the patient's name or ID).")
+    ],
+    as_json: Annotated[bool, typer.Option("--json", help="JSON instead of text.")] = False,  # noqa: FBT002
+) -> None:
+    """Withdraw a study's manifest at the hub: it is no longer listed or retrievable there."""
+    from pixport.gateway.node import Gateway  # noqa: PLC0415
+
+    if not reason.strip():
+        raise typer.BadParameter("the reason is empty", param_hint="--reason")
+    settings = settings_from(ctx)
+    archive = build_archive(settings)
+    gateway = Gateway(settings, archive)
+    try:
+        withdrawn = gateway.withdraw_study(study_instance_uid, reason.strip())
+    finally:
+        gateway.close()
+        archive.close()
+    if as_json:
+        typer.echo(orjson.dumps(withdrawn, option=orjson.OPT_INDENT_2).decode())
+        return
+    typer.echo(f"Withdrew {study_instance_uid}: manifest {withdrawn['manifest_id']} is {withdrawn['status']}")
+
+
+@gateway_app.command("publications")
+def list_publications(
+    ctx: typer.Context,
+    as_json: Annotated[bool, typer.Option("--json", help="JSON instead of text.")] = False,  # noqa: FBT002
+) -> None:
+    """List the studies this gateway published, with their manifest and status."""
+    from pixport.gateway.node import Gateway  # noqa: PLC0415
+
+    settings = settings_from(ctx)
+    archive = build_archive(settings)
+    gateway = Gateway(settings, archive)
+    try:
+        found = gateway.list_publications()
+    finally:
+        gateway.close()
+        archive.close()
+    if as_json:
+        typer.echo(orjson.dumps([p.as_json() for p in found], option=orjson.OPT_INDENT_2).decode())
+        return
+    for p in found:
+        instances = "?" if p.number_of_instances is None else str(p.number_of_instances)
+        typer.echo(
+            f"{p.study_instance_uid}  {p.status:<9}  {p.manifest_id}  {instances:>5} instances  {p.published_at}"
+        )
+
+
 @gateway_app.command("directory")
 def fetch_directory(
     ctx: typer.Context, out: Annotated[Path, typer.Argument(help="File to write the signed directory to.")]
@@ -127,7 +181,11 @@ def fetch_directory(
 
 @gateway_app.command("serve")
 def serve(ctx: typer.Context) -> None:
-    """Serve the archive's DICOMweb, with the hub-facing routes for published studies."""
+    """Serve the archive's DICOMweb, the hub-facing routes and the publishing API.
+
+    With ``gateway.auto_publish_after`` set, studies are also published automatically once
+    they have received nothing for that many seconds (``pixport.gateway.auto_publish``).
+    """
     from pixport.dicomweb.server import run  # noqa: PLC0415
 
     settings = settings_from(ctx)

@@ -114,21 +114,35 @@ class AccessLog:
 
 
 def create_app(archive: Archive) -> Starlette:
-    """The ASGI application serving ``archive`` under /dicomweb (and the hub, on a gateway)."""
+    """The ASGI application serving ``archive`` under /dicomweb.
+
+    On a gateway (``gateway.institution_code`` set) also: the hub-only routes
+    (``gateway.access``), the hospital-internal publishing API (``gateway.publishing_api``)
+    and, with ``gateway.auto_publish_after`` set, the automatic publisher
+    (``gateway.auto_publish``) for as long as the server runs.
+    """
     routes: list[Route | Mount] = [
         Route("/healthz", healthz),
         Mount("/dicomweb", routes=_routes()),
         Route("/wado", rendered.wado_uri),
     ]
     gateway = None
+    lifespan = None
     if archive.settings.gateway.institution_code is not None:
         from pixport.gateway.access import hub_access_routes  # noqa: PLC0415  gateways only
         from pixport.gateway.node import Gateway  # noqa: PLC0415
+        from pixport.gateway.publishing_api import publishing_routes  # noqa: PLC0415
 
         gateway = Gateway(archive.settings, archive)
-        routes = [*hub_access_routes(wado.retrieve, wado.retrieve_metadata), *routes]
+        routes = [*hub_access_routes(wado.retrieve, wado.retrieve_metadata), *publishing_routes(), *routes]
+        quiet_seconds = archive.settings.gateway.auto_publish_after
+        if quiet_seconds is not None:
+            from pixport.gateway.auto_publish import auto_publish_lifespan  # noqa: PLC0415
+
+            lifespan = auto_publish_lifespan(gateway, quiet_seconds)
     app = Starlette(
         routes=routes,
+        lifespan=lifespan,
         exception_handlers={
             NotFound: _handler(404),
             BadQuery: _handler(400),

@@ -6,28 +6,53 @@ folder) of:
 - patient links: the hospital's (PatientID, issuer) -> national key.  The resident
   registration number is read once (``link_patient``), turned into the national key with the
   network key, and forgotten: no RRN is ever stored, logged, or sent;
-- publications: which manifest was registered at the hub for which study;
+- publications: which manifest was registered at the hub for which study, its status
+  (``current`` or ``withdrawn``), and how far the study's receptions it covers (for
+  automatic publishing, ``gateway.auto_publish``);
 - used assertions: the ids of the hub's calls, so none can be replayed.
+
+Publishing and withdrawing are the same calls whatever asks for them: the command line
+(``cli/gateway.py``), the hospital-internal API (``gateway.publishing_api``) and the automatic
+publisher (``gateway.auto_publish``).
 """
 
 from __future__ import annotations
 
 import json
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 import httpx
-from sqlalchemy import Column, Engine, MetaData, String, Table, Text, create_engine, delete, insert, select, update
+from sqlalchemy import (
+    Column,
+    Engine,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    create_engine,
+    delete,
+    insert,
+    inspect,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.exc import IntegrityError
 
 from pixport.archive.node import Archive
 from pixport.config import Settings
-from pixport.errors import ConfigurationError, KeyNotTrusted, NotFound, PeerUnavailable, TrustError
+from pixport.errors import ConfigurationError, KeyNotTrusted, NotFound, PeerUnavailable, PixportError, TrustError
 from pixport.gateway.publish import build_study_manifest, study_identity
+from pixport.storage.base import StudyActivity
 from pixport.trust.assertions import Caller, authorization_header, verify_assertion
-from pixport.trust.directory import format_time
+from pixport.trust.directory import format_time, parse_time
 from pixport.trust.keys import PublicKey, SigningKey, jwk_thumbprint, public_key_from_jwk
 from pixport.trust.manifest import sign_manifest
 from pixport.trust.national_key import ResidentRegistrationNumber, load_network_key, national_key
@@ -49,6 +74,11 @@ publications = Table(
     Column("status", String(16), nullable=False),
     Column("published_at", String(32), nullable=False),
     Column("token", Text, nullable=False),
+    # Added after the first release; _add_missing_columns adds them to older databases.
+    Column("supersedes", String(64)),
+    Column("number_of_instances", Integer),
+    Column("received_through", String(40)),  # the study's newest reception when its manifest was built
+    Column("withdrawn_at", String(32)),
 )
 gateway_assertions = Table(
     "gateway_used_assertions",
@@ -58,14 +88,88 @@ gateway_assertions = Table(
 )
 
 
+class PatientNotLinked(PixportError):
+    """A study's patient has no national key here yet (``pixport gateway patients link``)."""
+
+
+class NotPublished(NotFound):
+    """The study was never published by this gateway."""
+
+
+class PublicationWithdrawn(PixportError):
+    """The study's publication is withdrawn already: there is nothing current to withdraw."""
+
+
+class HubRefused(TrustError):
+    """The hub answered a call with an error status; ``status`` and ``detail`` are the hub's."""
+
+    def __init__(self, status: int, detail: str) -> None:
+        super().__init__(f"the hub refused ({status}): {detail}")
+        self.status = status
+        self.detail = detail
+
+
 @dataclass(frozen=True, slots=True)
 class Publication:
-    """A study this gateway has published: its current manifest at the hub."""
+    """A study this gateway has published: its latest manifest at the hub, and that one's status."""
 
     study_instance_uid: str
     manifest_id: str
     status: str
+    """``current``, or ``withdrawn``."""
     published_at: str
+    supersedes: str | None = None
+    number_of_instances: int | None = None
+    received_through: datetime | None = None
+    """Reception time of the study's newest instance when the manifest was built (None if
+    published before this was recorded)."""
+    withdrawn_at: str | None = None
+
+    def as_json(self) -> dict[str, Any]:
+        """The publication as the API and ``pixport gateway publications --json`` show it."""
+        return {
+            "study_instance_uid": self.study_instance_uid,
+            "manifest_id": self.manifest_id,
+            "status": self.status,
+            "published_at": self.published_at,
+            "supersedes": self.supersedes,
+            "number_of_instances": self.number_of_instances,
+            "withdrawn_at": self.withdrawn_at,
+        }
+
+    def is_behind(self, activity: StudyActivity) -> bool:
+        """Whether the study received instances that this publication does not cover."""
+        if self.number_of_instances is not None and activity.number_of_instances != self.number_of_instances:
+            return True
+        if self.received_through is not None:
+            return activity.last_received_at > self.received_through
+        # Recorded before receptions were: the publication time, to the second, must do.
+        return activity.last_received_at > parse_time(self.published_at)
+
+
+def _publication(row: Any) -> Publication:
+    return Publication(
+        study_instance_uid=row.study_instance_uid,
+        manifest_id=row.manifest_id,
+        status=row.status,
+        published_at=row.published_at,
+        supersedes=row.supersedes,
+        number_of_instances=row.number_of_instances,
+        received_through=datetime.fromisoformat(row.received_through) if row.received_through else None,
+        withdrawn_at=row.withdrawn_at,
+    )
+
+
+def _add_missing_columns(engine: Engine, table: Table) -> None:
+    """Add the table's nullable columns that an older database lacks (SQLite ADD COLUMN)."""
+    present = {column["name"] for column in inspect(engine).get_columns(table.name)}
+    missing = [column for column in table.columns if column.name not in present]
+    if not missing:
+        return
+    with engine.begin() as connection:
+        for column in missing:
+            kind = column.type.compile(dialect=engine.dialect)
+            connection.execute(text(f'ALTER TABLE "{table.name}" ADD COLUMN "{column.name}" {kind}'))
 
 
 def _required(value: Any, name: str) -> Any:
@@ -92,6 +196,9 @@ class Gateway:
         path = (settings.storage.data_dir / "gateway.db").absolute()
         self.engine: Engine = create_engine(f"sqlite:///{path}", connect_args={"timeout": 60})
         metadata.create_all(self.engine)
+        _add_missing_columns(self.engine, publications)
+        self._study_locks: dict[str, threading.Lock] = {}
+        self._study_locks_guard = threading.Lock()
 
     def close(self) -> None:
         """Release the gateway's database."""
@@ -131,34 +238,104 @@ class Gateway:
     # Publishing
 
     def publish_study(self, study_instance_uid: str) -> dict[str, Any]:
-        """Build, sign and register the study's manifest at the hub; a republished study supersedes."""
-        patient_id, issuer, _ = study_identity(self.archive, study_instance_uid)
-        key = self.find_national_key(patient_id, issuer or self.code)
-        if key is None:
-            raise NotFound(f"the patient of study {study_instance_uid} is not linked to a national key")
-        previous = self.find_publication(study_instance_uid)
-        manifest = build_study_manifest(
-            self.archive,
-            study_instance_uid,
-            issuer=self.code,
-            national_key=key,
-            supersedes=previous.manifest_id if previous and previous.status == "current" else None,
-        )
-        token = sign_manifest(manifest, self.key)
-        registered = self.register_at_hub(token)
-        now = format_time(datetime.now(UTC))
-        with self.engine.begin() as connection:
-            values = {"manifest_id": manifest.manifest_id, "status": "current", "published_at": now, "token": token}
-            if previous is None:
-                connection.execute(insert(publications).values(study_instance_uid=study_instance_uid, **values))
-            else:
-                connection.execute(
-                    update(publications).where(publications.c.study_instance_uid == study_instance_uid).values(**values)
+        """Build, sign and register the study's manifest at the hub; a republished study supersedes.
+
+        Returns the hub's registry entry.  Raises ``NotFound`` (no such study),
+        ``PatientNotLinked``, ``HubRefused`` (with the hub's status and reason) or
+        ``PeerUnavailable`` (the hub cannot be reached).
+        """
+        with self._study_lock(study_instance_uid):
+            patient_id, issuer, _ = study_identity(self.archive, study_instance_uid)
+            key = self.find_national_key(patient_id, issuer or self.code)
+            if key is None:
+                raise PatientNotLinked(
+                    f"the patient of study {study_instance_uid} is not linked to a national key "
+                    "(pixport gateway patients link)"
                 )
-        return registered
+            # Read before the manifest is built: an instance that arrives meanwhile makes the
+            # study look changed (published again later), never unchanged.
+            activity = self.archive.index.list_study_activity(study_instance_uids=[study_instance_uid])
+            previous = self.find_publication(study_instance_uid)
+            supersedes = previous.manifest_id if previous is not None and previous.status == "current" else None
+            if supersedes is None:
+                # A registration whose local record was lost (stopped between the two) is superseded.
+                supersedes = self._current_manifest_at_hub(study_instance_uid)
+            manifest = build_study_manifest(
+                self.archive, study_instance_uid, issuer=self.code, national_key=key, supersedes=supersedes
+            )
+            token = sign_manifest(manifest, self.key)
+            registered = self.register_at_hub(token)
+            values = {
+                "manifest_id": manifest.manifest_id,
+                "status": "current",
+                "published_at": format_time(datetime.now(UTC)),
+                "token": token,
+                "supersedes": supersedes,
+                "number_of_instances": len(manifest.instances),
+                "received_through": activity[0].last_received_at.isoformat(timespec="microseconds")
+                if activity
+                else None,
+                "withdrawn_at": None,
+            }
+            with self.engine.begin() as connection:
+                if previous is None:
+                    connection.execute(insert(publications).values(study_instance_uid=study_instance_uid, **values))
+                else:
+                    connection.execute(
+                        update(publications)
+                        .where(publications.c.study_instance_uid == study_instance_uid)
+                        .values(**values)
+                    )
+            return registered
+
+    def withdraw_study(self, study_instance_uid: str, reason: str) -> dict[str, Any]:
+        """Withdraw the study's current manifest at the hub, then mark it withdrawn here.
+
+        The hub then neither lists the study nor relays its retrieval, and this gateway no
+        longer serves it to the hub.  Returns the hub's registry entry.  ``reason`` goes to the
+        hub's audit log: it must not name the patient.
+        """
+        with self._study_lock(study_instance_uid):
+            publication = self.find_publication(study_instance_uid)
+            if publication is None:
+                raise NotPublished(f"study {study_instance_uid} is not published")
+            if publication.status != "current":
+                raise PublicationWithdrawn(
+                    f"study {study_instance_uid} is {publication.status} already (manifest {publication.manifest_id})"
+                )
+            response = self._hub_request(
+                "POST", f"/hub/manifests/{publication.manifest_id}/withdraw", json={"reason": reason}
+            )
+            withdrawn: dict[str, Any] = response.json()
+            with self.engine.begin() as connection:
+                connection.execute(
+                    update(publications)
+                    .where(
+                        publications.c.study_instance_uid == study_instance_uid,
+                        publications.c.manifest_id == publication.manifest_id,
+                    )
+                    .values(status="withdrawn", withdrawn_at=format_time(datetime.now(UTC)))
+                )
+            return withdrawn
+
+    @contextmanager
+    def _study_lock(self, study_instance_uid: str) -> Iterator[None]:
+        """One publish or withdrawal of a study at a time in this process (API and automatic)."""
+        with self._study_locks_guard:
+            lock = self._study_locks.setdefault(study_instance_uid, threading.Lock())
+        with lock:
+            yield
+
+    def _current_manifest_at_hub(self, study_instance_uid: str) -> str | None:
+        """The id of this institution's current manifest of a study at the hub, if any."""
+        found = self._hub_request("GET", "/hub/manifests", params={"study": study_instance_uid}).json()
+        for entry in found:
+            if entry.get("institution") == self.code and entry.get("status") == "current":
+                return str(entry["manifest_id"])
+        return None
 
     def register_at_hub(self, token: str) -> dict[str, Any]:
-        """POST a signed manifest to the hub; TrustError with the hub's reason if refused."""
+        """POST a signed manifest to the hub; ``HubRefused`` with the hub's reason if refused."""
         response = self._hub_request("POST", "/hub/manifests", content=token.encode("ascii"))
         body: dict[str, Any] = response.json()
         return body
@@ -169,9 +346,14 @@ class Gateway:
             row = connection.execute(
                 select(publications).where(publications.c.study_instance_uid == study_instance_uid)
             ).first()
-        if row is None:
-            return None
-        return Publication(row.study_instance_uid, row.manifest_id, row.status, row.published_at)
+        return None if row is None else _publication(row)
+
+    def get_publication(self, study_instance_uid: str) -> Publication:
+        """The publication of a study by this gateway; ``NotPublished`` if there is none."""
+        publication = self.find_publication(study_instance_uid)
+        if publication is None:
+            raise NotPublished(f"study {study_instance_uid} is not published")
+        return publication
 
     def manifest_token(self, study_instance_uid: str) -> str:
         """The signed manifest (JWS) this gateway registered for a study; NotFound if none."""
@@ -180,14 +362,14 @@ class Gateway:
                 select(publications.c.token).where(publications.c.study_instance_uid == study_instance_uid)
             ).scalar_one_or_none()
         if token is None:
-            raise NotFound(f"study {study_instance_uid} is not published")
+            raise NotPublished(f"study {study_instance_uid} is not published")
         return str(token)
 
     def list_publications(self) -> list[Publication]:
-        """Every study this gateway has published."""
+        """Every study this gateway has published, in publication order."""
         with self.engine.connect() as connection:
             rows = connection.execute(select(publications).order_by(publications.c.published_at)).all()
-        return [Publication(r.study_instance_uid, r.manifest_id, r.status, r.published_at) for r in rows]
+        return [_publication(r) for r in rows]
 
     def fetch_directory(self) -> str:
         """The hub's signed directory (JWS), for offline verification."""
@@ -202,9 +384,9 @@ class Gateway:
         if response.status_code >= 400:  # noqa: PLR2004
             try:
                 detail = str(response.json().get("detail", ""))
-            except ValueError:
+            except (ValueError, AttributeError):
                 detail = response.text[:200]
-            raise TrustError(f"the hub refused ({response.status_code}): {detail}")
+            raise HubRefused(response.status_code, detail)
         return response
 
     # The hub's calls
