@@ -88,13 +88,19 @@ class AutoPublisher:
         self._watermark = cutoff
         queue = sorted(found, key=lambda a: (a.last_received_at, a.study_instance_uid))
         result = PassResult()
-        for position, activity in enumerate(queue):
-            if stop is not None and stop.is_set():
-                self._keep(queue[position:])
-                break
-            if not self._publish_if_needed(activity, result):
-                self._keep(queue[position + 1 :])
-                break
+        position = 0
+        try:
+            for position, activity in enumerate(queue):
+                if stop is not None and stop.is_set():
+                    self._keep(queue[position:])
+                    break
+                if not self._publish_if_needed(activity, result):
+                    self._keep(queue[position + 1 :])
+                    break
+        except BaseException:
+            # E.g. the gateway's database unavailable: the window has moved on, so keep the rest.
+            self._keep(queue[position:])
+            raise
         return result
 
     def _quiet_studies(self, cutoff: datetime) -> list[StudyActivity]:
