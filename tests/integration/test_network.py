@@ -265,11 +265,12 @@ def test_retrieve_through_the_hub_is_the_gateways_bytes_and_verifies(
     assert pixport("gateway", "directory", tmp_path / "directory.jws", env=env).returncode == 0
     checked = pixport(
         "verify", tmp_path / "manifest.jws", images, "--directory", tmp_path / "directory.jws",
-        "--hub-key", network.root / "hub" / "hub-key.jwk", "--json", env=env,
+        "--hub-key", network.root / "hub" / "hub-key.jwk", "--json", "--report", env=env,
     )  # fmt: skip
     assert checked.returncode == 0, checked.stdout + checked.stderr
     report = json.loads(checked.stdout)
     assert report["ok"] is True
+    assert "Reported to the hub" in checked.stderr
     # One byte flipped in the last part's pixel data: altered, with its UID.
     victim = max(images.iterdir())
     data = bytearray(victim.read_bytes())
@@ -277,11 +278,35 @@ def test_retrieve_through_the_hub_is_the_gateways_bytes_and_verifies(
     victim.write_bytes(bytes(data))
     tampered = pixport(
         "verify", tmp_path / "manifest.jws", images, "--directory", tmp_path / "directory.jws",
-        "--hub-key", network.root / "hub" / "hub-key.jwk", "--json", env=env,
+        "--hub-key", network.root / "hub" / "hub-key.jwk", "--json", "--report", env=env,
     )  # fmt: skip
     assert tampered.returncode == 1
     assert json.loads(tampered.stdout)["ok"] is False
     assert "altered" in tampered.stdout
+    # Both verifications are in the hub's audit log, under the patient, with their counts.
+    manifest_id = str(published[HANBIT.code][0]["manifest_id"])
+    national_key = str(published[HANBIT.code][0]["national_key"])
+    assert network.operator is not None
+    events = network.hub_get(network.operator, "operator", f"/hub/audit?national_key={national_key}").json()
+    reports = [
+        e["event"]
+        for e in events
+        if e["event"]["action"] == "verification.performed" and e["event"]["object"] == manifest_id
+    ]
+    assert [(e["outcome"], e["actor"]) for e in reports[-2:]] == [
+        ("success", f"institution:{HANBIT.code}"),
+        ("refused", f"institution:{HANBIT.code}"),
+    ]
+    assert reports[-1]["detail"]["altered"] == 1
+    assert reports[-1]["detail"]["intact"] == reports[-2]["detail"]["intact"] - 1
+    # Another institution cannot write about a study it may not read.
+    other = pixport(
+        "verify", tmp_path / "manifest.jws", images, "--directory", tmp_path / "directory.jws",
+        "--hub-key", network.root / "hub" / "hub-key.jwk", "--report", env=network.gateway_env[PUREUN.code],
+    )  # fmt: skip
+    assert other.returncode == 2
+    assert "not reported to the hub" in other.stderr
+    assert "404" in other.stderr
 
 
 def test_only_the_publisher_and_the_operator_read_a_study(
@@ -463,3 +488,22 @@ def test_a_reader_gone_mid_study_leaves_the_relay_working(
         again = network.hub_get(key, HANBIT.code, path)
         assert again.status_code == 200
         assert sorted(_parts(again)) == sorted(_parts(whole))
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"verified": "yes", "signer_valid": true}',
+        b'{"verified": true, "signer_valid": true, "counts": {"patient_name": 1}}',
+        b'{"verified": true, "signer_valid": true, "counts": {"intact": -1}}',
+        b"[1, 2]",
+        b"not json",
+    ],
+)
+def test_a_verification_report_is_counts_and_flags_only(
+    network: Network, published: dict[str, list[dict[str, object]]], body: bytes
+) -> None:
+    path = f"/hub/manifests/{published[HANBIT.code][0]['manifest_id']}/verifications"
+    refused = network.hub_post(network.key(HANBIT.code), HANBIT.code, path, body)
+    assert refused.status_code == 400
+    assert "a verification report is" in refused.json()["detail"]

@@ -22,12 +22,13 @@ import orjson
 import structlog
 import typer
 
-from pixport.cli.common import progress_bar
-from pixport.errors import KeyNotTrusted, PeerUnavailable
+from pixport.cli.common import progress_bar, settings_from
+from pixport.errors import ConfigurationError, KeyNotTrusted, PeerUnavailable, TrustError
 from pixport.trust.directory import format_time
 from pixport.trust.keys import jwk_thumbprint, public_key_from_jwk
 
 if TYPE_CHECKING:
+    from pixport.config import Settings
     from pixport.trust.verify import VerificationReport
 
 EXIT_NOT_VERIFIED = 1
@@ -42,6 +43,7 @@ class UnusableInputError(Exception):
 
 
 def verify(
+    ctx: typer.Context,
     manifest: Annotated[
         Path,
         typer.Argument(help="The signed study manifest (a compact JWS).", exists=True, dir_okay=False),
@@ -68,8 +70,16 @@ def verify(
         bool,
         typer.Option("--show-patient-data", help="With --json: include differing patient values (patient data)."),
     ] = False,
+    report_to_hub: Annotated[
+        bool,
+        typer.Option(
+            "--report",
+            help="Record the outcome in the hub's audit log, as this gateway (gateway.* settings): counts only.",
+        ),
+    ] = False,
 ) -> None:
     """Verify a signed study manifest against images: signer, completeness, integrity, patient identity."""
+    settings = settings_from(ctx) if report_to_hub else None
     if not structlog.is_configured():
         structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stderr))
     try:
@@ -88,6 +98,8 @@ def verify(
     else:
         for line in report_lines(report):
             typer.echo(line)
+    if settings is not None:
+        _report(settings, report)
     if not report.ok:
         raise typer.Exit(EXIT_NOT_VERIFIED)
 
@@ -109,6 +121,28 @@ def _run(manifest_token: str, images: list[str], directory_token: str, hub_jwk: 
             )
     except PeerUnavailable as exc:
         raise UnusableInputError(str(exc)) from exc
+
+
+def _report(settings: Settings, report: VerificationReport) -> None:
+    """Tell the hub how the verification went; a report that cannot be made is exit code 2."""
+    if report.manifest is None:
+        typer.echo("pixport verify: not reported to the hub: the manifest could not be read", err=True)
+        raise typer.Exit(EXIT_UNUSABLE)
+    from pixport.gateway.hub_client import HubClient  # noqa: PLC0415
+
+    body = {"verified": report.ok, "signer_valid": report.signer.ok, "counts": _reported_counts(report)}
+    try:
+        recorded = HubClient.from_settings(settings).post_json(
+            f"/hub/manifests/{report.manifest.manifest_id}/verifications", body
+        )
+    except (ConfigurationError, PeerUnavailable, TrustError) as exc:
+        typer.echo(f"pixport verify: not reported to the hub: {exc}", err=True)
+        raise typer.Exit(EXIT_UNUSABLE) from None
+    typer.echo(f"Reported to the hub (audit event {recorded.get('recorded')}).", err=True)
+
+
+def _reported_counts(report: VerificationReport) -> dict[str, int]:
+    return {**report.counts(), "listed": report.listed, "verified": report.verified}
 
 
 def _read_document(path: Path, what: str) -> str:

@@ -7,6 +7,8 @@ Routes (``caller`` is the authenticated institution, or ``operator``):
 - ``GET /hub/manifests``: current manifests (``?study=``, ``?national_key=``); an institution
   sees its own, the operator all;
 - ``GET /hub/manifests/{id}``: one manifest's JWS; ``POST /hub/manifests/{id}/withdraw``;
+- ``POST /hub/manifests/{id}/verifications``: a receiver's verification outcome, audited
+  (``pixport verify --report``); counts and flags only, never patient data;
 - ``GET /hub/audit``: audit events (``?national_key=``), operator only;
 - ``GET /dicomweb/studies``: QIDO-RS over the registry (studies the caller may read);
 - ``GET /dicomweb/studies/{study}`` and ``.../metadata``: WADO-RS, streamed from the gateway
@@ -40,7 +42,7 @@ from pixport.errors import (
     PixportError,
     TrustError,
 )
-from pixport.hub.audit import AuditEvent
+from pixport.hub.audit import AuditEvent, VerificationPerformed
 from pixport.hub.institutions import Actor
 from pixport.hub.node import OPERATOR_SUBJECT, Hub
 from pixport.hub.registry import RegisteredManifest
@@ -132,6 +134,58 @@ async def withdraw_manifest(request: Request) -> Response:
         )
     )
     return JSONResponse(_public(withdrawn))
+
+
+VERIFICATION_COUNTS = frozenset(
+    {"listed", "verified", "intact", "re-encoded", "altered", "missing", "extra", "unreadable", "ignored"}
+)
+"""What a verification report may count (``trust.verify.VerificationReport.counts``): numbers only."""
+VERIFICATION_SHAPE = '{"verified": bool, "signer_valid": bool, "counts": {"intact": int, ...}}'
+
+
+async def report_verification(request: Request) -> Response:
+    """Record that the caller verified a manifest's images (body: ``{"verified": bool, ...}``); 201."""
+    caller = await _caller(request)
+    try:
+        body = await request.json()
+        verified, signer_valid, counts = _verification_body(body)
+    except (ValueError, TypeError, AttributeError) as exc:
+        return _problem(400, f"a verification report is {VERIFICATION_SHAPE}: {exc}")
+    hub: Hub = request.app.state.hub
+    manifest = await run_in_threadpool(hub.registry.get_manifest, request.path_params["manifest_id"])
+    if not _may_read(caller, manifest):
+        raise NotFound(f"no manifest {manifest.manifest_id} that this caller may read")
+    actor = _actor(request, caller)
+    event = VerificationPerformed(
+        actor=actor.name,
+        actor_address=actor.address,
+        # "refused": the receiver found the images not to be what the manifest says.
+        outcome="success" if verified else "refused",
+        national_key=manifest.national_key,
+        object=manifest.manifest_id,
+        purpose="verification before import",
+        detail={"study_instance_uid": manifest.study_instance_uid, "signer_valid": signer_valid, **counts},
+    )
+    recorded = await run_in_threadpool(hub.audit.record, event)
+    return JSONResponse({"recorded": recorded.seq, "manifest_id": manifest.manifest_id}, status_code=201)
+
+
+def _verification_body(body: object) -> tuple[bool, bool, dict[str, int]]:
+    if not isinstance(body, dict):
+        raise TypeError("not a JSON object")
+    verified, signer_valid, counts = body.get("verified"), body.get("signer_valid"), body.get("counts", {})
+    if not isinstance(verified, bool) or not isinstance(signer_valid, bool):
+        raise TypeError("verified and signer_valid must be true or false")
+    if not isinstance(counts, dict) or not set(counts) <= VERIFICATION_COUNTS:
+        raise ValueError(f"counts may only have {sorted(VERIFICATION_COUNTS)}")
+    if not all(type(v) is int and 0 <= v < 2**31 for v in counts.values()):
+        raise ValueError("counts must be non-negative integers")
+    return verified, signer_valid, dict(counts)
+
+
+def _may_read(caller: str, manifest: RegisteredManifest) -> bool:
+    # Who may read a study (and so report on it): the operator and its publisher, until shares.
+    return caller in {OPERATOR_SUBJECT, manifest.institution_code}
 
 
 async def list_audit_events(request: Request) -> Response:
@@ -290,6 +344,7 @@ def create_hub_app(hub: Hub) -> Starlette:
             Route("/hub/manifests", list_manifests),
             Route("/hub/manifests/{manifest_id}", get_manifest),
             Route("/hub/manifests/{manifest_id}/withdraw", withdraw_manifest, methods=["POST"]),
+            Route("/hub/manifests/{manifest_id}/verifications", report_verification, methods=["POST"]),
             Route("/hub/audit", list_audit_events),
             Route("/dicomweb/studies", search_for_studies),
             Route("/dicomweb/studies/{study}", retrieve_study),
