@@ -26,6 +26,7 @@ from pixport.hub.audit import (
     RecordedEvent,
     create_tables,
 )
+from pixport.hub.audit import log as audit_log
 from pixport.hub.schema import audit_events, institutions
 from pixport.trust import jws
 
@@ -213,8 +214,8 @@ def test_a_seq_clash_is_retried_in_the_logs_own_transaction(
     engine: Engine, log: AuditLog, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Without the lock, a competing writer can take the next seq between the head read and the insert.
-    monkeypatch.setattr(audit, "_lock_for_append", lambda _connection: None)
-    real_now = audit._now
+    monkeypatch.setattr(audit_log, "_lock_for_append", lambda _connection: None)
+    real_now = audit_log._now
     competitor: list[RecordedEvent] = []
     competing = threading.Event()
 
@@ -224,7 +225,7 @@ def test_a_seq_clash_is_retried_in_the_logs_own_transaction(
             competitor.append(AuditLog(engine).record(read_event(99)))
         return real_now()
 
-    monkeypatch.setattr(audit, "_now", now_with_a_competitor)
+    monkeypatch.setattr(audit_log, "_now", now_with_a_competitor)
     recorded = log.record(read_event(1))
     assert competitor[0].seq == 1
     assert recorded.seq == 2
@@ -235,8 +236,8 @@ def test_a_seq_clash_is_retried_in_the_logs_own_transaction(
 def test_a_seq_clash_in_the_callers_transaction_is_reported(
     engine: Engine, log: AuditLog, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(audit, "_lock_for_append", lambda _connection: None)
-    real_now = audit._now
+    monkeypatch.setattr(audit_log, "_lock_for_append", lambda _connection: None)
+    real_now = audit_log._now
     competed: list[bool] = []
 
     def now_with_a_competitor() -> str:
@@ -245,7 +246,7 @@ def test_a_seq_clash_in_the_callers_transaction_is_reported(
             AuditLog(engine).record(read_event(99))
         return real_now()
 
-    monkeypatch.setattr(audit, "_now", now_with_a_competitor)
+    monkeypatch.setattr(audit_log, "_now", now_with_a_competitor)
     with (
         pytest.raises(StorageUnavailable, match=re.escape("could not record a study.read event")),
         engine.begin() as connection,
@@ -540,7 +541,7 @@ def test_concurrent_writers_without_the_lock_still_make_one_chain(
     log: AuditLog, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # A database without a lock to take relies on the seq primary key and the retries.
-    monkeypatch.setattr(audit, "_lock_for_append", lambda _connection: None)
+    monkeypatch.setattr(audit_log, "_lock_for_append", lambda _connection: None)
     results = run_writers(4, 10, lambda i: log.record(read_event(i)))
     assert_one_chain(log, results, 40)
 
