@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from pixport.archive.ingest import InstanceResult
+from pixport.archive.multipart import MultipartError, StowReceiver
 from pixport.archive.staging import StagedFile, StagingFile
-from pixport.dicomweb.multipart import MultipartError, StowReceiver
 
 BOUNDARY = "b0undary-x"
 PARTS = [b"first part \r\n-- not a delimiter --b0undary", b"", bytes(range(256)) * 40, b"\r\n\r\n"]

@@ -6,8 +6,9 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 
+from pixport.archive.multipart import DICOM
 from pixport.archive.node import Archive
-from pixport.dicomweb.multipart import DICOM, parse_accept
+from pixport.dicomweb.multipart import parse_accept
 from pixport.dicomweb.responses import problem
 from pixport.dicomweb.wado import NotAcceptable, _transcoded
 from pixport.errors import BadQuery, NotFound

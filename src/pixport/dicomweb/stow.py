@@ -16,9 +16,9 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
 from pixport.archive.ingest import Examined, InstanceResult
+from pixport.archive.multipart import DICOM, MultipartError, StowReceiver, parse_media_type
 from pixport.archive.node import Archive
 from pixport.archive.staging import StagedFile
-from pixport.dicomweb.multipart import DICOM, MultipartError, StowReceiver, parse_media_type
 from pixport.dicomweb.responses import base_url, dumps, json_response, problem
 from pixport.errors import OutOfResources
 

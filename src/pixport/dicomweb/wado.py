@@ -12,9 +12,10 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
+from pixport.archive.multipart import DICOM, MediaType
 from pixport.archive.node import Archive
 from pixport.dicom.metadata import with_base
-from pixport.dicomweb.multipart import DICOM, MediaType, closing, new_boundary, parse_accept, part_header
+from pixport.dicomweb.multipart import closing, new_boundary, parse_accept, part_header
 from pixport.dicomweb.responses import base_url, json_response, problem
 from pixport.errors import NotFound
 from pixport.storage.base import StoredInstance

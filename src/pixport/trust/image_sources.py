@@ -13,7 +13,7 @@ of one object:
 - a DICOMweb study URL (``http://`` or ``https://``) is fetched with WADO-RS
   (``GET {url}``, ``Accept: multipart/related; type="application/dicom"; transfer-syntax=*``,
   so the server sends the objects as stored), and every part is streamed into a temporary
-  file as it arrives (``dicomweb.multipart.StowReceiver``).
+  file as it arrives (``archive.multipart.StowReceiver``).
 
 Each item is an ``ImageFile`` (an open, seekable stream, valid until the next item is asked
 for), a ``NotAnImage`` (a viewer's file, a README, the DICOMDIR itself: ignored) or an
@@ -44,8 +44,8 @@ from pixport.archive.media import (
     display_name,
     sniff,
 )
+from pixport.archive.multipart import DICOM, MultipartError, StowReceiver, parse_media_type
 from pixport.archive.staging import StagedFile, StagingFile
-from pixport.dicomweb.multipart import DICOM, MultipartError, StowReceiver, parse_media_type
 from pixport.errors import LimitExceeded, PeerUnavailable
 
 GiB = 1024 * 1024 * 1024
