@@ -42,7 +42,8 @@ import structlog
 from starlette.concurrency import run_in_threadpool
 
 from pixport.errors import PeerUnavailable, PixportError
-from pixport.gateway.node import Gateway, HubRefused, PatientNotLinked
+from pixport.gateway.hub_client import HubRefused
+from pixport.gateway.node import Gateway, PatientNotLinked
 from pixport.storage.base import StudyActivity
 
 log = structlog.get_logger("pixport.gateway")

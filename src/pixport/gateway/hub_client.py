@@ -20,6 +20,15 @@ from pixport.trust.keys import SigningKey
 TIMEOUT_S = 120
 
 
+class HubRefused(TrustError):
+    """The hub answered a call with an error status; ``status`` and ``detail`` are the hub's."""
+
+    def __init__(self, status: int, detail: str) -> None:
+        super().__init__(f"the hub refused ({status}): {detail}")
+        self.status = status
+        self.detail = detail
+
+
 @dataclass(frozen=True)
 class HubClient:
     """An institution speaking to the hub as itself, with its own key."""
@@ -40,7 +49,7 @@ class HubClient:
         return cls(code, SigningKey.load(key), url.rstrip("/"), gateway.hub_audience)
 
     def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        """One call; PeerUnavailable if the hub cannot be reached, TrustError with its reason if refused."""
+        """One call; PeerUnavailable if the hub cannot be reached, HubRefused with its reason if refused."""
         headers = authorization_header(
             self.key, self.institution_code, self.audience, method, path.split("?", maxsplit=1)[0]
         )
@@ -53,7 +62,7 @@ class HubClient:
                 detail = str(response.json().get("detail", ""))
             except (ValueError, AttributeError):
                 detail = response.text[:200]
-            raise TrustError(f"the hub refused ({response.status_code}): {detail}")
+            raise HubRefused(response.status_code, detail)
         return response
 
     def post_json(self, path: str, body: dict[str, Any]) -> dict[str, Any]:

@@ -48,10 +48,11 @@ from sqlalchemy.exc import IntegrityError
 
 from pixport.archive.node import Archive
 from pixport.config import Settings
-from pixport.errors import ConfigurationError, KeyNotTrusted, NotFound, PeerUnavailable, PixportError, TrustError
+from pixport.errors import ConfigurationError, KeyNotTrusted, NotFound, PixportError, TrustError
+from pixport.gateway.hub_client import HubClient
 from pixport.gateway.publish import build_study_manifest, study_identity
 from pixport.storage.base import StudyActivity
-from pixport.trust.assertions import Caller, authorization_header, verify_assertion
+from pixport.trust.assertions import Caller, verify_assertion
 from pixport.trust.directory import format_time, parse_time
 from pixport.trust.keys import PublicKey, SigningKey, jwk_thumbprint, public_key_from_jwk
 from pixport.trust.manifest import sign_manifest
@@ -98,15 +99,6 @@ class NotPublished(NotFound):
 
 class PublicationWithdrawn(PixportError):
     """The study's publication is withdrawn already: there is nothing current to withdraw."""
-
-
-class HubRefused(TrustError):
-    """The hub answered a call with an error status; ``status`` and ``detail`` are the hub's."""
-
-    def __init__(self, status: int, detail: str) -> None:
-        super().__init__(f"the hub refused ({status}): {detail}")
-        self.status = status
-        self.detail = detail
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,6 +184,7 @@ class Gateway:
         self.hub_kid = jwk_thumbprint(hub_jwk)
         self.hub_public_key: PublicKey = public_key_from_jwk(hub_jwk)
         self.hub_url: str = _required(gateway.hub_url, "hub_url").rstrip("/")
+        self.hub = HubClient(self.code, self.key, self.hub_url, gateway.hub_audience)
         settings.storage.data_dir.mkdir(parents=True, exist_ok=True)
         path = (settings.storage.data_dir / "gateway.db").absolute()
         self.engine: Engine = create_engine(f"sqlite:///{path}", connect_args={"timeout": 60})
@@ -376,18 +369,7 @@ class Gateway:
         return self._hub_request("GET", "/hub/directory").text
 
     def _hub_request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        headers = authorization_header(self.key, self.code, self.settings.gateway.hub_audience, method, path)
-        try:
-            response = httpx.request(method, self.hub_url + path, headers=headers, timeout=120, **kwargs)
-        except httpx.HTTPError as exc:
-            raise PeerUnavailable(f"the hub is unreachable: {type(exc).__name__}") from None
-        if response.status_code >= 400:  # noqa: PLR2004
-            try:
-                detail = str(response.json().get("detail", ""))
-            except (ValueError, AttributeError):
-                detail = response.text[:200]
-            raise HubRefused(response.status_code, detail)
-        return response
+        return self.hub.request(method, path, **kwargs)
 
     # The hub's calls
 

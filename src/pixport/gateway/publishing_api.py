@@ -42,12 +42,8 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from pixport.errors import NotFound, PeerUnavailable, PixportError, StorageUnavailable, TrustError
-from pixport.gateway.node import (
-    Gateway,
-    HubRefused,
-    PatientNotLinked,
-    PublicationWithdrawn,
-)
+from pixport.gateway.hub_client import HubRefused
+from pixport.gateway.node import Gateway, PatientNotLinked, PublicationWithdrawn
 
 log = structlog.get_logger("pixport.gateway")
 

@@ -40,6 +40,7 @@ from pixport.errors import (
     NotFound,
     PeerUnavailable,
     PixportError,
+    StorageUnavailable,
     TrustError,
 )
 from pixport.hub.audit import AuditEvent, VerificationPerformed
@@ -327,6 +328,8 @@ def _handler(status: int) -> Callable[[Request, Exception], Awaitable[Response]]
         if status >= 500:  # noqa: PLR2004
             log.error("request.failed", error=type(exc).__name__, status=status)
         headers = {"WWW-Authenticate": "PixPort-Assertion"} if status == 401 else None  # noqa: PLR2004
+        if status == 503:  # noqa: PLR2004  the database was busy or failed: nothing was done
+            headers = {"Retry-After": "1"}
         response = _problem(status, str(exc))
         if headers:
             response.headers.update(headers)
@@ -357,6 +360,7 @@ def create_hub_app(hub: Hub) -> Starlette:
             ManifestInvalid: _handler(409),
             TrustError: _handler(422),
             PeerUnavailable: _handler(502),
+            StorageUnavailable: _handler(503),
             PixportError: _handler(500),
         },
         lifespan=_lifespan,

@@ -17,13 +17,15 @@ Registration updates the patient index (national key -> demographics, and the ho
 
 from __future__ import annotations
 
+import random
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import Connection, Engine, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
-from pixport.errors import KeyNotTrusted, ManifestInvalid, NotAuthorized, NotFound
+from pixport.errors import KeyNotTrusted, ManifestInvalid, NotAuthorized, NotFound, StorageUnavailable
 from pixport.hub.audit import AuditEvent, AuditLog
 from pixport.hub.institutions import Actor, InstitutionService
 from pixport.hub.schema import manifests, patient_ids, patients
@@ -33,6 +35,8 @@ from pixport.trust.manifest import MANIFEST_TYPE, Manifest, manifest_from_payloa
 
 # A manifest dated in the future by more than this is refused (clocks drift, not by hours).
 FUTURE_TOLERANCE = timedelta(minutes=5)
+# Registrations that clash with concurrent ones are retried whole, this many times at most.
+REGISTER_ATTEMPTS = 8
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,13 +73,22 @@ class Registry:
         except (ManifestInvalid, KeyNotTrusted, NotAuthorized) as exc:
             self._refused(actor, caller, token, exc)
             raise
-        try:
-            with self._engine.begin() as connection:
-                registered = self._insert(connection, manifest, token, actor)
-        except ManifestInvalid as exc:
-            self._refused(actor, caller, token, exc)
-            raise
-        return registered
+        for attempt in range(1, REGISTER_ATTEMPTS + 1):
+            try:
+                with self._engine.begin() as connection:
+                    return self._insert(connection, manifest, token, actor)
+            except ManifestInvalid as exc:
+                self._refused(actor, caller, token, exc)
+                raise
+            except (IntegrityError, StorageUnavailable):
+                # Another registration committed rows this one read as absent (the same new
+                # patient from another hospital, the same manifest retried, the audit chain's
+                # next number).  Its commit is visible now: the next attempt sees it and
+                # decides again, from the start.
+                if attempt == REGISTER_ATTEMPTS:
+                    raise StorageUnavailable(f"manifest {manifest.manifest_id}: concurrent registrations") from None
+                time.sleep(random.uniform(0.005, 0.05) * attempt)  # noqa: S311  jitter, not security
+        raise AssertionError  # unreachable: the loop returns or raises
 
     def withdraw_manifest(self, manifest_id: str, *, caller: str, reason: str, actor: Actor) -> RegisteredManifest:
         """Withdraw a current manifest of the caller's; it is never current again."""
@@ -186,27 +199,24 @@ class Registry:
             )
         now = format_time(datetime.now(UTC))
         self._index_patient(connection, manifest, now)
-        try:
-            connection.execute(
-                insert(manifests).values(
-                    manifest_id=manifest.manifest_id,
-                    institution_code=manifest.issuer,
-                    national_key=manifest.patient.national_key,
-                    study_instance_uid=manifest.study.study_instance_uid,
-                    issued_at=format_time(manifest.issued_at),
-                    registered_at=now,
-                    supersedes=manifest.supersedes,
-                    superseded_by=None,
-                    status="current",
-                    status_reason="",
-                    study_date=manifest.study.study_date,
-                    modalities="\\".join(manifest.study.modalities),
-                    number_of_instances=len(manifest.instances),
-                    token=token,
-                )
+        connection.execute(
+            insert(manifests).values(
+                manifest_id=manifest.manifest_id,
+                institution_code=manifest.issuer,
+                national_key=manifest.patient.national_key,
+                study_instance_uid=manifest.study.study_instance_uid,
+                issued_at=format_time(manifest.issued_at),
+                registered_at=now,
+                supersedes=manifest.supersedes,
+                superseded_by=None,
+                status="current",
+                status_reason="",
+                study_date=manifest.study.study_date,
+                modalities="\\".join(manifest.study.modalities),
+                number_of_instances=len(manifest.instances),
+                token=token,
             )
-        except IntegrityError:
-            raise ManifestInvalid(f"manifest {manifest.manifest_id} was registered concurrently") from None
+        )
         self._audit.record(
             AuditEvent(
                 action="manifest.registered",
