@@ -5,14 +5,11 @@ from __future__ import annotations
 import hashlib
 import re
 import threading
-import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
-import psycopg
 import pytest
 from sqlalchemy import Engine, create_engine, event, select, text
-from sqlalchemy.engine import make_url
 
 from pixport.errors import StorageUnavailable
 from pixport.hub import audit
@@ -32,10 +29,6 @@ from pixport.trust import jws
 
 NOT_IN_LOG = "not the hash of any event in the log (an event was rewritten, or events were removed)"
 AT = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z$")
-POSTGRES_CANDIDATES = (
-    "host=127.0.0.1 port=5432 dbname=postgres user=postgres",
-    "host=127.0.0.1 port=5432 dbname=postgres user=root",
-)
 
 
 @pytest.fixture
@@ -544,32 +537,6 @@ def test_concurrent_writers_without_the_lock_still_make_one_chain(
     monkeypatch.setattr(audit_log, "_lock_for_append", lambda _connection: None)
     results = run_writers(4, 10, lambda i: log.record(read_event(i)))
     assert_one_chain(log, results, 40)
-
-
-@pytest.fixture
-def postgres_engine() -> Iterator[Engine]:
-    errors: list[str] = []
-    for dsn in POSTGRES_CANDIDATES:
-        try:
-            admin = psycopg.connect(dsn, autocommit=True, connect_timeout=5)
-            break
-        except psycopg.OperationalError as exc:
-            errors.append(f"{dsn}: {exc}")
-    else:
-        pytest.fail("no PostgreSQL server for the scale tests:\n" + "\n".join(errors))
-    name = f"pixport_audit_{uuid.uuid4().hex[:12]}"
-    admin.execute(f'CREATE DATABASE "{name}"')
-    url = make_url("postgresql+psycopg://").set(
-        username=admin.info.user, host=admin.info.host, port=admin.info.port, database=name
-    )
-    engine = create_engine(url)
-    try:
-        create_tables(engine)
-        yield engine
-    finally:
-        engine.dispose()
-        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.close()
 
 
 @pytest.mark.scale

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -28,9 +29,12 @@ CODES = ("HOSP-A", "HOSP-B", "HOSP-C", "HOSP-D")
 ACTOR = Actor("operator:test")
 
 
-@pytest.fixture
-def hub(tmp_path: Path) -> tuple[Hub, dict[str, SigningKey]]:
-    hub = Hub.open(HubSettings(data_dir=tmp_path / "hub"))
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.scale)])
+def hub(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[Hub, dict[str, SigningKey]]]:
+    url = None
+    if request.param == "postgresql":
+        url = request.getfixturevalue("postgres_url").render_as_string(hide_password=False)
+    hub = Hub.open(HubSettings(data_dir=tmp_path / "hub", database_url=url))
     keys = {}
     for code in CODES:
         hub.institutions.admit_institution(
