@@ -429,8 +429,8 @@ def test_ctrl_c_stops_the_demo_and_every_process_it_started(network: Network) ->
     run = network.run
     assert len(run.look()) == 4
     run.ctrl_c()
+    # Every process seen, including any started briefly while stopping, is gone afterwards.
     assert_stopped_cleanly(run, network.ports)
-    assert len(run.seen) == 4
 
 
 def test_a_second_run_reuses_the_data_and_publishes_nothing_twice(network: Network) -> None:
