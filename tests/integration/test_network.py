@@ -507,3 +507,47 @@ def test_a_verification_report_is_counts_and_flags_only(
     refused = network.hub_post(network.key(HANBIT.code), HANBIT.code, path, body)
     assert refused.status_code == 400
     assert "a verification report is" in refused.json()["detail"]
+
+
+def test_dicomweb_within_a_study_through_the_hub_names_the_hub(
+    network: Network, published: dict[str, list[dict[str, object]]]
+) -> None:
+    assert published
+    study = network.studies[HANBIT.code][0]
+    key = network.key(HANBIT.code)
+    base = f"/dicomweb/studies/{study}"
+    series = network.hub_get(key, HANBIT.code, base + "/series")
+    assert series.status_code == 200, series.text
+    series_uid = series.json()[0]["0020000E"]["Value"][0]
+    assert series.json()[0]["00081190"]["Value"][0].startswith(network.hub_url + "/dicomweb/")
+    instances = network.hub_get(key, HANBIT.code, f"{base}/series/{series_uid}/instances?limit=1")
+    assert instances.status_code == 200, instances.text
+    assert len(instances.json()) == 1
+    sop = instances.json()[0]["00080018"]["Value"][0]
+    instance = f"{base}/series/{series_uid}/instances/{sop}"
+    metadata = network.hub_get(key, HANBIT.code, instance + "/metadata")
+    assert metadata.status_code == 200, metadata.text
+    pixel_uri = metadata.json()[0]["7FE00010"]["BulkDataURI"]
+    assert pixel_uri.startswith(network.hub_url + "/dicomweb/studies/")  # not the gateway's address
+    bulk = network.hub_get(key, HANBIT.code, pixel_uri.removeprefix(network.hub_url))
+    assert bulk.status_code == 200, bulk.text
+    assert len(bulk.content) > 0
+    frame = network.hub_get(key, HANBIT.code, instance + "/frames/1")
+    assert frame.status_code == 200
+    thumbnail = network.hub_get(key, HANBIT.code, instance + "/thumbnail")
+    assert thumbnail.status_code == 200
+    assert thumbnail.headers["content-type"].startswith("image/")
+    direct = httpx.get(
+        f"{network.gateway_url[HANBIT.code]}/dicomweb/studies/{study}/series/{series_uid}/instances/{sop}",
+        headers={"accept": 'multipart/related; type="application/dicom"'},
+        timeout=60,
+    )
+    relayed = network.hub_get(key, HANBIT.code, instance)
+    assert relayed.status_code == 200
+    assert _parts(relayed) == _parts(direct)
+    # The gateway's "no such instance" reaches the reader as a 404, not as a broken gateway.
+    missing = network.hub_get(key, HANBIT.code, f"{base}/series/{series_uid}/instances/1.2.3.4/metadata")
+    assert missing.status_code == 404
+    # Another institution still reads nothing of the study.
+    refused = network.hub_get(network.key(PUREUN.code), PUREUN.code, instance + "/metadata")
+    assert refused.status_code == 404

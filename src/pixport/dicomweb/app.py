@@ -134,7 +134,7 @@ def create_app(archive: Archive) -> Starlette:
         from pixport.gateway.publishing_api import publishing_routes  # noqa: PLC0415
 
         gateway = Gateway(archive.settings, archive)
-        routes = [*hub_access_routes(wado.retrieve, wado.retrieve_metadata), *publishing_routes(), *routes]
+        routes = [*hub_access_routes(_routes()), *publishing_routes(), *routes]
         quiet_seconds = archive.settings.gateway.auto_publish_after
         if quiet_seconds is not None:
             from pixport.gateway.auto_publish import auto_publish_lifespan  # noqa: PLC0415

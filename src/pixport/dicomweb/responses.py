@@ -14,7 +14,10 @@ GZIP_MINIMUM = 1024
 
 
 def base_url(request: Request) -> str:
-    """The DICOMweb root as clients reach it (``http.public_url`` if set)."""
+    """The DICOMweb root as clients reach it: a relaying hub's, else ``http.public_url`` if set."""
+    relayed: str | None = getattr(request.state, "dicomweb_base", None)
+    if relayed:
+        return relayed
     public: str | None = request.app.state.public_url
     if public:
         return public.rstrip("/") + "/dicomweb"

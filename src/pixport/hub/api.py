@@ -11,8 +11,10 @@ Routes (``caller`` is the authenticated institution, or ``operator``):
   (``pixport verify --report``); counts and flags only, never patient data;
 - ``GET /hub/audit``: audit events (``?national_key=``), operator only;
 - ``GET /dicomweb/studies``: QIDO-RS over the registry (studies the caller may read);
-- ``GET /dicomweb/studies/{study}`` and ``.../metadata``: WADO-RS, streamed from the gateway
-  that holds the study, never buffered whole; every read is audited.
+- ``GET /dicomweb/studies/{study}[/...]``: DICOMweb within one study (WADO-RS of the study,
+  a series or an instance, metadata, frames, bulk data, rendered, thumbnails; QIDO-RS of its
+  series and instances), streamed from the gateway that holds the study, never buffered
+  whole; URIs in the answers name the hub; every read is audited.
 
 Who may read a study here: the operator and the institution that published it (patients and
 shares come later).  Errors are one JSON problem document each; reasons carry ids, never
@@ -53,6 +55,11 @@ log = structlog.get_logger("pixport.hub")
 MAX_MANIFEST_BYTES = 64 * 1024 * 1024
 JOSE = "application/jose"
 GATEWAY_DICOMWEB = "/hub-access/dicomweb"
+RELAY_BASE_HEADER = "pixport-relay-base"  # the DICOMweb root that URIs in relayed answers name
+PASSED_ON = frozenset({200, 204, 206})  # answers relayed as they come
+PASSED_HEADERS = frozenset({"content-type", "content-length", "content-encoding", "warning"})
+CLIENT_ERRORS_PASSED_ON = 400
+MAX_PROBLEM_BYTES = 64 * 1024
 
 
 async def _caller(request: Request) -> str:
@@ -221,7 +228,12 @@ async def search_for_studies(request: Request) -> Response:
 
 
 async def retrieve_study(request: Request) -> Response:
-    """WADO-RS: the study (or its metadata) streamed from the gateway that published it."""
+    """DICOMweb within one study, streamed from the gateway that published it.
+
+    WADO-RS (the study, a series or an instance; metadata; frames, bulk data, rendered,
+    thumbnails) and QIDO-RS of the study's series and instances: the gateway answers with its
+    archive's own handlers, URIs naming this hub (``PixPort-Relay-Base``).
+    """
     caller = await _caller(request)
     hub: Hub = request.app.state.hub
     study = request.path_params["study"]
@@ -238,21 +250,26 @@ async def retrieve_study(request: Request) -> Response:
     institution = await run_in_threadpool(hub.institutions.get_institution, manifest.institution_code)
     suffix = request.url.path.split(f"/studies/{study}", 1)[1]
     path = f"{GATEWAY_DICOMWEB}/studies/{study}{suffix}"
+    query = f"?{request.url.query}" if request.url.query else ""
     headers = {
         "accept": request.headers.get("accept", "multipart/related; type=application/dicom"),
-        "accept-encoding": "identity",
+        # JSON may come gzipped, passed on as it came; DICOM is never compressed (PS3.18 8.2.4).
+        "accept-encoding": request.headers.get("accept-encoding", "identity"),
+        RELAY_BASE_HEADER: f"{request.url.scheme}://{request.url.netloc}/dicomweb",
         **authorization_header(hub.key, "hub", institution.code, "GET", path),
     }
     session: aiohttp.ClientSession = request.app.state.client
     try:
-        upstream = await session.get(institution.endpoint + path, headers=headers)
+        upstream = await session.get(institution.endpoint + path + query, headers=headers)
     except (aiohttp.ClientError, TimeoutError) as exc:
         await run_in_threadpool(_audit_read, hub, actor, manifest, study, "error")
         raise PeerUnavailable(f"gateway of {institution.code} is unreachable: {type(exc).__name__}") from None
-    if upstream.status != 200:  # noqa: PLR2004
-        upstream.release()
-        await run_in_threadpool(_audit_read, hub, actor, manifest, study, "error")
-        raise PeerUnavailable(f"gateway of {institution.code} answered {upstream.status}")
+    if upstream.status not in PASSED_ON:
+        answer = await _gateway_refusal(upstream, institution.code)
+        await run_in_threadpool(_audit_read, hub, actor, manifest, study, "error" if answer is None else "refused")
+        if answer is None:
+            raise PeerUnavailable(f"gateway of {institution.code} answered {upstream.status}")
+        return answer
     await run_in_threadpool(_audit_read, hub, actor, manifest, study, "success")
 
     async def body() -> AsyncIterator[bytes]:
@@ -270,8 +287,28 @@ async def retrieve_study(request: Request) -> Response:
             else:
                 upstream.close()
 
-    passed = {k: v for k, v in upstream.headers.items() if k.lower() in {"content-type", "content-length"}}
-    return StreamingResponse(body(), headers=passed)
+    passed = {k: v for k, v in upstream.headers.items() if k.lower() in PASSED_HEADERS}
+    return StreamingResponse(body(), status_code=upstream.status, headers=passed)
+
+
+async def _gateway_refusal(upstream: aiohttp.ClientResponse, code: str) -> Response | None:
+    """The gateway's answer to a request it could not serve, passed on if it is about the request.
+
+    404 (no such series or instance), 400 (a bad query), 406 (no acceptable representation)
+    and the like describe the client's request and reach it as the gateway gave them (a short
+    JSON problem).  401, 403 or any 5xx are the hub's or the gateway's fault: None (502).
+    """
+    try:
+        if not CLIENT_ERRORS_PASSED_ON <= upstream.status < 500 or upstream.status in {401, 403}:  # noqa: PLR2004
+            return None
+        detail = (await upstream.content.read(MAX_PROBLEM_BYTES)).decode("utf-8", "replace")
+    finally:
+        upstream.release()
+    try:
+        text = str(json.loads(detail).get("detail", ""))
+    except (ValueError, AttributeError):
+        text = ""
+    return _problem(upstream.status, text or f"gateway of {code} answered {upstream.status}")
 
 
 def _audit_read(hub: Hub, actor: Actor, manifest: RegisteredManifest | None, study: str, outcome: str) -> None:
@@ -351,7 +388,7 @@ def create_hub_app(hub: Hub) -> Starlette:
             Route("/hub/audit", list_audit_events),
             Route("/dicomweb/studies", search_for_studies),
             Route("/dicomweb/studies/{study}", retrieve_study),
-            Route("/dicomweb/studies/{study}/metadata", retrieve_study),
+            Route("/dicomweb/studies/{study}/{within:path}", retrieve_study),
         ],
         exception_handlers={
             NotAuthenticated: _handler(401),
