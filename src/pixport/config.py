@@ -117,6 +117,9 @@ class HubSettings(Section):
     port: int = Field(default=8040, ge=0, le=65535)
     operator_keys: list[Path] = Field(default_factory=list)
     """Public JWK files of the operators allowed to call the hub's API as ``operator``."""
+    relay_cache_max_bytes: int = Field(default=20 * GiB, ge=0)
+    """Bytes of studies the hub keeps in its relay cache (``data_dir/relay-cache``), least recently
+    used evicted first; 0 turns the cache off (every read goes to the gateway)."""
 
 
 class GatewaySettings(Section):

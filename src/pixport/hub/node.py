@@ -2,13 +2,15 @@
 
 ``Hub.open(settings)`` creates the data folder, the hub's signing key on first start (the
 operator pins its public half, ``hub-key.jwk``, at every gateway and verifier) and the tables.
+The server (``hub.api``) then opens the relay cache (``Hub.open_relay_cache``); the operator's
+commands, which open the hub too, leave it alone.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -17,9 +19,12 @@ from sqlalchemy.exc import IntegrityError
 
 from pixport.config import HubSettings
 from pixport.errors import KeyNotTrusted
-from pixport.hub.audit import AuditLog, create_tables
+from pixport.hub.audit import AuditLog, RelayIntegrityFailed, create_tables
 from pixport.hub.institutions import InstitutionService
-from pixport.hub.registry import Registry
+from pixport.hub.registry import RegisteredManifest, Registry
+from pixport.hub.relay_cache import FOLDER as RELAY_CACHE_FOLDER
+from pixport.hub.relay_cache import RelayCache
+from pixport.hub.relay_integrity import IntegrityReport
 from pixport.hub.schema import used_assertions
 from pixport.trust.assertions import Caller, verify_assertion
 from pixport.trust.directory import format_time
@@ -40,6 +45,8 @@ class Hub:
     institutions: InstitutionService
     registry: Registry
     operator_keys: dict[str, PublicKey]
+    relay_cache: RelayCache | None = field(default=None, init=False)
+    """Studies relayed before, verified against their manifests; open while the server runs."""
 
     @classmethod
     def open(cls, settings: HubSettings) -> Hub:
@@ -58,8 +65,39 @@ class Hub:
         return cls(settings, engine, key, audit, institutions, Registry(engine, institutions, audit), operators)
 
     def close(self) -> None:
-        """Release the database connections."""
+        """Close the relay cache, if open, and release the database connections."""
+        self.close_relay_cache()
         self.engine.dispose()
+
+    def open_relay_cache(self) -> RelayCache | None:
+        """Open the relay cache (``hub.relay_cache_max_bytes`` > 0) and drop entries no longer current."""
+        if self.relay_cache is None and self.settings.relay_cache_max_bytes > 0:
+            self.relay_cache = RelayCache.open(
+                self.settings.data_dir / RELAY_CACHE_FOLDER,
+                self.settings.relay_cache_max_bytes,
+                is_current=self.registry.is_current,
+                on_integrity_failure=self._relay_integrity_failed,
+            )
+            if self.relay_cache is not None:
+                self.relay_cache.sweep()
+        return self.relay_cache
+
+    def close_relay_cache(self) -> None:
+        """Finish the relay cache's pending work and close it."""
+        if self.relay_cache is not None:
+            cache, self.relay_cache = self.relay_cache, None
+            cache.close()
+
+    def _relay_integrity_failed(self, manifest: RegisteredManifest, report: IntegrityReport) -> None:
+        self.audit.record(
+            RelayIntegrityFailed(
+                actor=HUB_SUBJECT,
+                national_key=manifest.national_key,
+                object=manifest.manifest_id,
+                purpose="relay cache: the gateway's study against its signed manifest",
+                detail=dict(report.counts()),
+            )
+        )
 
     def authenticate(self, authorization: str | None, method: str, path: str) -> Caller:
         """The caller an assertion proves (an admitted institution, or an operator)."""

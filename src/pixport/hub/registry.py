@@ -128,6 +128,14 @@ class Registry:
             raise NotFound(f"no manifest {manifest_id}")
         return _registered(row)
 
+    def is_current(self, manifest_id: str) -> bool:
+        """Whether ``manifest_id`` is registered and current (neither superseded nor withdrawn)."""
+        with self._engine.connect() as connection:
+            status = connection.execute(
+                select(manifests.c.status).where(manifests.c.manifest_id == manifest_id)
+            ).scalar_one_or_none()
+        return status == "current"
+
     def list_manifests(
         self,
         *,

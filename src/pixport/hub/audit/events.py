@@ -93,6 +93,17 @@ class VerificationPerformed(AuditEvent):
 
 
 @dataclass(frozen=True, kw_only=True)
+class RelayIntegrityFailed(AuditEvent):
+    """A gateway relayed a study whose bytes its signed manifest does not describe (``object``: the manifest id).
+
+    Found by the hub's relay cache, which then kept nothing; ``detail`` holds counts only.
+    """
+
+    action: str = field(default="relay.integrity_failed", init=False)
+    outcome: str = field(default="error", init=False)
+
+
+@dataclass(frozen=True, kw_only=True)
 class AccessDenied(AuditEvent):
     """A request was refused (``object``: what was asked for; ``detail``: the reason code)."""
 
