@@ -139,6 +139,12 @@ class GatewaySettings(Section):
     """The hub's ``audience`` setting."""
     auto_publish_after: float | None = Field(default=None, gt=0)
     """Publish a study automatically once it has received nothing for this many seconds."""
+    hub_access_port: int | None = Field(default=None, ge=1, le=65535)
+    """A second listener for the hub's calls only (``/hub-access``): expose this port to the
+    hub and keep ``http.port`` (DICOMweb, publishing; unauthenticated) on the hospital network.
+    Each listener then refuses the other's paths.  Unset: both on ``http.port``."""
+    hub_access_host: str | None = None
+    """Address of that listener (default ``http.host``), e.g. the interface facing the hub."""
 
 
 class Settings(BaseSettings):

@@ -155,7 +155,8 @@ def start_hub(root: Path) -> Network:
 def add_gateway(network: Network, hospital: SampleHospital, settings: dict[str, str] | None = None) -> Gateway:
     """Key, admission at the hub, the hospital's sample studies imported, patients linked, served.
 
-    ``settings``: more PIXPORT_* variables for this gateway.
+    ``settings``: more PIXPORT_* variables for this gateway.  The hub is told to call the
+    hub-access port when ``PIXPORT_GATEWAY__HUB_ACCESS_PORT`` is among them.
     """
     code, folder, port = hospital.code, network.root / hospital.code, free_port()
     folder.mkdir()
@@ -175,7 +176,8 @@ def add_gateway(network: Network, hospital: SampleHospital, settings: dict[str, 
     assert generated.returncode == 0, generated.stderr
     admitted = pixport(
         "hub", "institutions", "add", code, "--name-ko", hospital.name_ko, "--name-en", hospital.name_en,
-        "--endpoint", f"http://127.0.0.1:{port}", "--public-key", folder / "key.jwk", env=network.hub_env,
+        "--endpoint", f"http://127.0.0.1:{env.get('PIXPORT_GATEWAY__HUB_ACCESS_PORT', port)}",
+        "--public-key", folder / "key.jwk", env=network.hub_env,
     )  # fmt: skip
     assert admitted.returncode == 0, admitted.stderr
     images = folder / "incoming"

@@ -7,6 +7,7 @@ from collections.abc import Awaitable, Callable
 
 import structlog
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount, Route
@@ -140,9 +141,16 @@ def create_app(archive: Archive) -> Starlette:
             from pixport.gateway.auto_publish import auto_publish_lifespan  # noqa: PLC0415
 
             lifespan = auto_publish_lifespan(gateway, quiet_seconds)
+    middleware = []
+    hub_access_port = archive.settings.gateway.hub_access_port
+    if gateway is not None and hub_access_port is not None:
+        from pixport.gateway.listeners import SeparateListeners  # noqa: PLC0415
+
+        middleware.append(Middleware(SeparateListeners, hub_access_port=hub_access_port))
     app = Starlette(
         routes=routes,
         lifespan=lifespan,
+        middleware=middleware,
         exception_handlers={
             NotFound: _handler(404),
             BadQuery: _handler(400),

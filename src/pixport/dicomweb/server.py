@@ -7,11 +7,14 @@
 from __future__ import annotations
 
 import os
+import socket
 import sys
 
 import uvicorn
+from uvicorn.supervisors import Multiprocess
 
 from pixport.config import Settings, load_settings
+from pixport.errors import ConfigurationError
 from pixport.logs import configure_logging
 
 
@@ -71,17 +74,38 @@ def _serve(settings: Settings) -> None:
         from pixport.dicomweb.app import AccessLog, create_app  # noqa: PLC0415
         from pixport.wiring import build_archive  # noqa: PLC0415
 
-        uvicorn.run(AccessLog(create_app(build_archive(settings))), **common)  # type: ignore[arg-type]
-        return
-    from pixport.wiring import build_index  # noqa: PLC0415
+        app: object = AccessLog(create_app(build_archive(settings)))
+        factory = False
+    else:
+        from pixport.wiring import build_index  # noqa: PLC0415
 
-    build_index(settings).close()
-    uvicorn.run(
-        "pixport.dicomweb.app:create_app_from_environment",
-        factory=True,
-        workers=workers,
-        **common,  # type: ignore[arg-type]
-    )
+        build_index(settings).close()
+        app, factory = "pixport.dicomweb.app:create_app_from_environment", True
+    config = uvicorn.Config(app, factory=factory, workers=workers, **common)  # type: ignore[arg-type]
+    # One socket per listener, bound here and shared by every worker: the hospital's, and the
+    # hub's when gateway.hub_access_port is set (gateway.listeners keeps their paths apart).
+    sockets = [config.bind_socket()]
+    gateway = settings.gateway
+    if gateway.institution_code is not None and gateway.hub_access_port is not None:
+        sockets.append(_bind(gateway.hub_access_host or settings.http.host, gateway.hub_access_port))
+    if workers == 1:
+        uvicorn.Server(config).run(sockets=sockets)
+    else:
+        Multiprocess(config, sockets=sockets).run()
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    """A listening socket as uvicorn binds its own (inherited by the worker processes)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family=family)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise ConfigurationError(f"cannot listen on {host}:{port} (gateway.hub_access_port): {exc.strerror}") from None
+    sock.set_inheritable(True)
+    return sock
 
 
 if __name__ == "__main__":
