@@ -551,3 +551,24 @@ def test_dicomweb_within_a_study_through_the_hub_names_the_hub(
     # Another institution still reads nothing of the study.
     refused = network.hub_get(network.key(PUREUN.code), PUREUN.code, instance + "/metadata")
     assert refused.status_code == 404
+
+
+def test_the_operator_lists_one_patients_audit_events_by_a_hospitals_id(
+    network: Network, published: dict[str, list[dict[str, object]]]
+) -> None:
+    first = published[HANBIT.code][0]
+    key = network.key(HANBIT.code)
+    token = network.hub_get(key, HANBIT.code, f"/hub/manifests/{first['manifest_id']}").text
+    patient = manifest_from_payload(jws.read_payload_unverified(token)).patient
+    issuer = patient.issuer_of_patient_id or HANBIT.code
+    assert network.hub_get(key, HANBIT.code, f"/dicomweb/studies/{first['study_instance_uid']}").status_code == 200
+    by_id = ["--patient-id", patient.patient_id, "--issuer", issuer]
+    listed = pixport("hub", "audit", "list", *by_id, env=network.hub_env)
+    assert listed.returncode == 0, listed.stderr
+    events = [json.loads(line) for line in listed.stdout.splitlines()]
+    assert {e["event"]["national_key"] for e in events} == {patient.national_key}
+    actions = {e["event"]["action"] for e in events}
+    assert {"manifest.registered", "study.read"} <= actions
+    unknown = pixport("hub", "audit", "list", "--patient-id", "NOBODY-123", "--issuer", issuer, env=network.hub_env)
+    assert unknown.returncode == 1
+    assert "NOBODY-123" not in unknown.stdout + unknown.stderr

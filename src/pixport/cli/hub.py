@@ -223,10 +223,29 @@ def verify_audit(
 def list_audit(
     ctx: typer.Context,
     national_key: Annotated[str | None, typer.Option("--national-key", help="Only this patient's events.")] = None,
+    patient_id: Annotated[
+        str | None,
+        typer.Option(
+            "--patient-id", help="Only the events of the patient a hospital knows by this ID (--issuer too)."
+        ),
+    ] = None,
+    issuer: Annotated[
+        str | None, typer.Option("--issuer", help="Who issued --patient-id (the institution code, or its issuer).")
+    ] = None,
 ) -> None:
-    """Audit events as JSON lines, oldest first."""
+    """Audit events as JSON lines, oldest first: all, or one patient's (who read their images, when, why)."""
+    if (patient_id is None) != (issuer is None):
+        raise typer.BadParameter("--patient-id and --issuer go together")
+    if patient_id is not None and national_key is not None:
+        raise typer.BadParameter("give --national-key or --patient-id, not both")
     hub = _open(ctx)
     try:
+        if patient_id is not None and issuer is not None:
+            national_key = hub.registry.find_national_key(patient_id, issuer)
+            if national_key is None:
+                # Said without echoing the ID: it is patient data.
+                typer.echo("No patient with that ID and issuer in the patient index.", err=True)
+                raise typer.Exit(1)
         events = hub.audit.list_events(national_key=national_key)
     finally:
         hub.close()

@@ -136,6 +136,16 @@ class Registry:
             ).scalar_one_or_none()
         return status == "current"
 
+    def find_national_key(self, patient_id: str, issuer: str) -> str | None:
+        """The national key of the patient a hospital knows as (``patient_id``, ``issuer``), or None."""
+        with self._engine.connect() as connection:
+            key = connection.execute(
+                select(patient_ids.c.national_key).where(
+                    patient_ids.c.patient_id == patient_id, patient_ids.c.issuer == issuer
+                )
+            ).scalar_one_or_none()
+        return None if key is None else str(key)
+
     def list_manifests(
         self,
         *,
