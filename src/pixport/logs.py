@@ -14,4 +14,8 @@ def configure_logging(level: str) -> None:
     structlog.configure(
         wrapper_class=structlog.make_filtering_bound_logger(getattr(logging, level.upper())),
         logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        # A module's logger is built once, not on every call: a filtered-out debug line per
+        # C-STORE otherwise costs a bound logger's construction (a few % of a listener's CPU).
+        # Server processes configure logging once, at start.
+        cache_logger_on_first_use=True,
     )
