@@ -24,8 +24,7 @@ from pixport.hub.audit import AuditLog
 from pixport.hub.institutions import Actor
 from pixport.hub.node import Hub
 from pixport.hub.registry import RegisteredManifest
-from pixport.hub.relay_cache import FOLDER, RelayCache, entry_name
-from pixport.hub.relay_integrity import PartDigests, check_body, compare_parts
+from pixport.hub.relay_cache import FOLDER, PartDigests, RelayCache, check_body, compare_parts, entry_name
 from pixport.trust.keys import SigningKey
 from pixport.trust.manifest import ManifestInstance, PatientIdentity, StudyAttributes, build_manifest, sign_manifest
 

@@ -14,7 +14,10 @@ Routes (``caller`` is the authenticated institution, or ``operator``):
 - ``GET /dicomweb/studies/{study}[/...]``: DICOMweb within one study (WADO-RS of the study,
   a series or an instance, metadata, frames, bulk data, rendered, thumbnails; QIDO-RS of its
   series and instances), streamed from the gateway that holds the study, never buffered
-  whole; URIs in the answers name the hub; every read is audited.
+  whole; URIs in the answers name the hub; every read is audited.  The whole study as stored
+  is served from the hub's relay cache when it holds the current manifest's study, verified
+  (``hub.relay_cache``); ``Cache-Control: no-cache`` on the request reads from the gateway
+  (and refreshes the cache).  ``PixPort-Source: cache|gateway`` says where the bytes came from.
 
 Who may read a study here: the operator and the institution that published it (patients and
 shares come later).  Errors are one JSON problem document each; reasons carry ids, never
@@ -34,6 +37,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
+from starlette.types import Receive
 
 from pixport.errors import (
     ManifestInvalid,
@@ -49,6 +53,7 @@ from pixport.hub.audit import AuditEvent, VerificationPerformed
 from pixport.hub.institutions import Actor
 from pixport.hub.node import OPERATOR_SUBJECT, Hub
 from pixport.hub.registry import RegisteredManifest
+from pixport.hub.relay_cache import CacheFill, RelayCache, cache_directives, wants_as_stored
 from pixport.trust.assertions import authorization_header
 
 log = structlog.get_logger("pixport.hub")
@@ -60,6 +65,7 @@ PASSED_ON = frozenset({200, 204, 206})  # answers relayed as they come
 PASSED_HEADERS = frozenset({"content-type", "content-length", "content-encoding", "warning"})
 CLIENT_ERRORS_PASSED_ON = 400
 MAX_PROBLEM_BYTES = 64 * 1024
+SOURCE_HEADER = "PixPort-Source"  # where a study's bytes came from: "cache" or "gateway"
 
 
 async def _caller(request: Request) -> str:
@@ -101,6 +107,8 @@ async def register_manifest(request: Request) -> Response:
     registered = await run_in_threadpool(
         lambda: hub.registry.register_manifest(token, caller=caller, actor=_actor(request, caller))
     )
+    if registered.supersedes is not None:
+        await _drop_from_relay_cache(hub, registered.supersedes)
     return JSONResponse(_public(registered), status_code=201)
 
 
@@ -141,7 +149,14 @@ async def withdraw_manifest(request: Request) -> Response:
             request.path_params["manifest_id"], caller=caller, reason=reason, actor=_actor(request, caller)
         )
     )
+    await _drop_from_relay_cache(hub, withdrawn.manifest_id)
     return JSONResponse(_public(withdrawn))
+
+
+async def _drop_from_relay_cache(hub: Hub, manifest_id: str) -> None:
+    """A manifest that is no longer current: its study leaves the relay cache (it would never be served)."""
+    if hub.relay_cache is not None:
+        await run_in_threadpool(hub.relay_cache.discard, manifest_id)
 
 
 VERIFICATION_COUNTS = frozenset(
@@ -247,8 +262,14 @@ async def retrieve_study(request: Request) -> Response:
         await run_in_threadpool(_audit_read, hub, actor, None, study, "refused")
         raise NotFound(f"no study {study} that this caller may read")
     manifest = visible[0]
-    institution = await run_in_threadpool(hub.institutions.get_institution, manifest.institution_code)
     suffix = request.url.path.split(f"/studies/{study}", 1)[1]
+    cache = _relay_cache_for(request, hub.relay_cache, suffix)
+    directives = cache_directives(request.headers.get("cache-control"))
+    if cache is not None and "no-cache" not in directives:
+        cached = await _from_relay_cache(hub, cache, actor, manifest)
+        if cached is not None:
+            return cached
+    institution = await run_in_threadpool(hub.institutions.get_institution, manifest.institution_code)
     path = f"{GATEWAY_DICOMWEB}/studies/{study}{suffix}"
     query = f"?{request.url.query}" if request.url.query else ""
     headers = {
@@ -262,33 +283,97 @@ async def retrieve_study(request: Request) -> Response:
     try:
         upstream = await session.get(institution.endpoint + path + query, headers=headers)
     except (aiohttp.ClientError, TimeoutError) as exc:
-        await run_in_threadpool(_audit_read, hub, actor, manifest, study, "error")
+        await run_in_threadpool(_audit_read, hub, actor, manifest, study, "error", "gateway")
         raise PeerUnavailable(f"gateway of {institution.code} is unreachable: {type(exc).__name__}") from None
     if upstream.status not in PASSED_ON:
         answer = await _gateway_refusal(upstream, institution.code)
-        await run_in_threadpool(_audit_read, hub, actor, manifest, study, "error" if answer is None else "refused")
+        outcome = "error" if answer is None else "refused"
+        await run_in_threadpool(_audit_read, hub, actor, manifest, study, outcome, "gateway")
         if answer is None:
             raise PeerUnavailable(f"gateway of {institution.code} answered {upstream.status}")
         return answer
-    await run_in_threadpool(_audit_read, hub, actor, manifest, study, "success")
+    await run_in_threadpool(_audit_read, hub, actor, manifest, study, "success", "gateway")
+    fill = _cache_fill(cache, manifest, upstream) if "no-store" not in directives else None
 
     async def body() -> AsyncIterator[bytes]:
-        # Each piece as it arrived, neither waited for nor joined to the next: no copy here.
+        # Each piece as it arrived, neither waited for nor joined to the next: no copy here
+        # (the relay cache's fill keeps a reference for its writer thread, not a copy).
         complete = False
         try:
             async for chunk, _ in upstream.content.iter_chunks():
+                if response.reader_gone:
+                    return  # stop pulling the study from the gateway for nobody
+                if fill is not None:
+                    fill.write(chunk)
                 yield chunk
             complete = True
         finally:
             # A whole body leaves a reusable connection; a reader gone mid-study leaves one
-            # with the rest of the study in flight, which is closed instead.
+            # with the rest of the study in flight, which is closed instead.  Only a whole
+            # body is checked and kept by the cache: anything less is deleted.
             if complete:
                 upstream.release()
             else:
                 upstream.close()
+            if fill is not None and complete:
+                fill.finish()
+            elif fill is not None:
+                fill.abort()
 
     passed = {k: v for k, v in upstream.headers.items() if k.lower() in PASSED_HEADERS}
-    return StreamingResponse(body(), status_code=upstream.status, headers=passed)
+    passed[SOURCE_HEADER] = "gateway"
+    response = RelayedResponse(body(), status_code=upstream.status, headers=passed)
+    return response
+
+
+class RelayedResponse(StreamingResponse):
+    """A relayed body that knows when its reader has gone, so that the relay stops pulling it.
+
+    Starlette cancels the body's iteration when the server reports the disconnect, but the
+    cancellation can come late: once the reader is gone, uvicorn's ``send`` returns at once,
+    and a body whose source is already buffered (the gateway's study, in the kernel's socket
+    buffers) can run to its end first, pulling the whole study for nobody and looking
+    complete.  ``reader_gone`` is set as soon as the disconnect is known; the relay checks it
+    for every piece.
+    """
+
+    reader_gone = False
+
+    async def listen_for_disconnect(self, receive: Receive) -> None:
+        """Wait for the reader to go, and say so."""
+        await super().listen_for_disconnect(receive)
+        self.reader_gone = True
+
+
+async def _from_relay_cache(hub: Hub, cache: RelayCache, actor: Actor, manifest: RegisteredManifest) -> Response | None:
+    """The study from the relay cache, if it holds this manifest's; the read is audited like any other."""
+    cached = await run_in_threadpool(cache.find, manifest.manifest_id)
+    if cached is None:
+        return None
+    try:
+        await run_in_threadpool(_audit_read, hub, actor, manifest, manifest.study_instance_uid, "success", "cache")
+    except BaseException:
+        cached.close()
+        raise
+    headers = {"content-length": str(cached.length), SOURCE_HEADER: "cache"}
+    return StreamingResponse(cached.chunks(), media_type=cached.content_type, headers=headers)
+
+
+def _relay_cache_for(request: Request, cache: RelayCache | None, suffix: str) -> RelayCache | None:
+    """The relay cache, if this request may be answered or filled from it: the whole study, as stored."""
+    if cache is None or suffix or request.url.query or request.method != "GET":
+        return None
+    return cache if wants_as_stored(request.headers.get("accept")) else None
+
+
+def _cache_fill(
+    cache: RelayCache | None, manifest: RegisteredManifest, upstream: aiohttp.ClientResponse
+) -> CacheFill | None:
+    """A fill for the gateway's answer, if it is one to keep: the study as stored, its exact length announced."""
+    length = upstream.headers.get("content-length", "")
+    if cache is None or upstream.status != 200 or not length.isdigit() or "content-encoding" in upstream.headers:  # noqa: PLR2004
+        return None
+    return cache.begin(manifest, upstream.headers.get("content-type", ""), int(length))
 
 
 async def _gateway_refusal(upstream: aiohttp.ClientResponse, code: str) -> Response | None:
@@ -311,7 +396,12 @@ async def _gateway_refusal(upstream: aiohttp.ClientResponse, code: str) -> Respo
     return _problem(upstream.status, text or f"gateway of {code} answered {upstream.status}")
 
 
-def _audit_read(hub: Hub, actor: Actor, manifest: RegisteredManifest | None, study: str, outcome: str) -> None:
+def _audit_read(
+    hub: Hub, actor: Actor, manifest: RegisteredManifest | None, study: str, outcome: str, source: str | None = None
+) -> None:
+    detail: dict[str, str | None] = {"manifest_id": manifest.manifest_id if manifest else None}
+    if source is not None:
+        detail["source"] = source
     hub.audit.record(
         AuditEvent(
             action="study.read",
@@ -321,7 +411,7 @@ def _audit_read(hub: Hub, actor: Actor, manifest: RegisteredManifest | None, stu
             national_key=manifest.national_key if manifest else None,
             object=study,
             purpose="retrieve through the hub",
-            detail={"manifest_id": manifest.manifest_id if manifest else None},
+            detail=dict(detail),
         )
     )
 
@@ -412,6 +502,11 @@ async def _lifespan(app: Starlette) -> AsyncIterator[None]:
     # not httpx, because its C parser relays a study at about twice the rate for half the CPU
     # (bench/hub_bench.py); bodies pass through undecoded, exactly as the gateway sent them.
     timeout = aiohttp.ClientTimeout(total=None, connect=10, sock_read=60)
-    async with aiohttp.ClientSession(timeout=timeout, auto_decompress=False) as session:
-        app.state.client = session
-        yield
+    hub: Hub = app.state.hub
+    await run_in_threadpool(hub.open_relay_cache)
+    try:
+        async with aiohttp.ClientSession(timeout=timeout, auto_decompress=False) as session:
+            app.state.client = session
+            yield
+    finally:
+        await run_in_threadpool(hub.close_relay_cache)

@@ -23,8 +23,7 @@ from pixport.hub.audit import AuditLog, RelayIntegrityFailed, create_tables
 from pixport.hub.institutions import InstitutionService
 from pixport.hub.registry import RegisteredManifest, Registry
 from pixport.hub.relay_cache import FOLDER as RELAY_CACHE_FOLDER
-from pixport.hub.relay_cache import RelayCache
-from pixport.hub.relay_integrity import IntegrityReport
+from pixport.hub.relay_cache import IntegrityReport, RelayCache
 from pixport.hub.schema import used_assertions
 from pixport.trust.assertions import Caller, verify_assertion
 from pixport.trust.directory import format_time

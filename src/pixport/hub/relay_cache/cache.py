@@ -1,229 +1,37 @@
-"""The hub's relay cache: whole studies, as stored, kept after a verified relay and served again.
+"""The relay cache itself: its index (least recently used first), its threads, and keeping a verified fill.
 
-A study read through the hub as stored (the gateway's exact bytes: ``multipart/related`` of
-``application/dicom`` parts, nothing transcoded) is written, while it is relayed, to a
-temporary file ``tmp-<random>.part`` in ``<hub.data_dir>/relay-cache/`` (:meth:`RelayCache.begin`,
-:class:`CacheFill`).  The writes happen on one writer thread, in batches, never on the event
-loop.  When the body has arrived whole it is checked, on a verifier thread and so off the
-request path, against the manifest it was read under (``hub.relay_integrity``): its parts
-must be exactly the manifest's instances by SHA-256 and size.  Only then is the file fsynced
-and renamed to ``<manifest uuid>.study``, where the next read of that manifest finds it
-(:meth:`RelayCache.find`).  A body that does not match is deleted and reported
-(``on_integrity_failure``: the gateway served bytes its own signed manifest does not
-describe).  A relay cut short (a reader gone, a gateway that broke off), a write that failed
-(disk full) or a writer that fell behind: the temporary file is deleted, the relay goes on,
-and nothing half-written is ever visible.
-
-An entry is one file: a header line (``PIXPORT-RELAY-CACHE 1 {json}``: the manifest id, the
-``Content-Type`` with the gateway's boundary, the body's length) and the body.  One file, so
-one rename makes both visible together, and a reader that opened an entry reads it whole even
-if it is replaced or evicted meanwhile.  Names are the manifest id's UUID (random, made by the
-publishing gateway) or random: never anything from DICOM attributes or patient data.
-
-Keyed by manifest id, an entry is only ever found for the manifest the registry says is
-current; the entries of superseded or withdrawn manifests are removed (:meth:`discard`,
-:meth:`sweep`).  Bounded by ``hub.relay_cache_max_bytes``: the least recently used entries
-are evicted.  Recency is kept in memory and in each entry's mtime, so it survives a restart.
-One process uses a cache folder at a time (``flock`` on ``.lock``); another runs without one.
+See the package docstring for what it keeps and why.  Locking: one lock guards the index (the
+entries and their total size) and the renames and deletions that change it; serving an entry
+reads its open file without it.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import errno
 import fcntl
-import json
 import os
 import queue
 import threading
 import time
-import uuid
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable
-from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import structlog
 
 from pixport.archive.multipart import parse_media_type
 from pixport.hub.registry import RegisteredManifest
-from pixport.hub.relay_integrity import IntegrityReport, check_body, manifest_digests
+from pixport.hub.relay_cache.entries import CachedStudy, entry_name, manifest_id_of, read_header
+from pixport.hub.relay_cache.fill import CacheFill
+from pixport.hub.relay_cache.integrity import IntegrityReport, check_body, manifest_digests
 
 log = structlog.get_logger("pixport.hub.relay_cache")
 
 FOLDER = "relay-cache"
 """The cache's folder inside ``hub.data_dir``."""
-SERVE_CHUNK = 1024 * 1024
-"""Bytes read from an entry at a time when serving it (the next read overlaps the send)."""
-WRITE_BATCH = 1024 * 1024
-"""Relayed bytes gathered before they are handed to the writer thread (one ``writev``)."""
 MAX_PENDING = 64 * 1024 * 1024
 """Relayed bytes waiting for the writer thread, at most; past it, a fill gives up (memory stays bounded)."""
-DISK_RESERVE = 1024 * 1024 * 1024
-"""Free space a fill leaves on the disk (less on a small filesystem: a tenth of it), for the hub's database."""
-MAGIC = b"PIXPORT-RELAY-CACHE 1 "
-MAX_HEADER = 4096
-_IOV_MAX = 1024
-
-
-def entry_name(manifest_id: str) -> str:
-    """The file name of a manifest's entry: its UUID; ValueError for an id that is not ``urn:uuid:<uuid>``."""
-    text = manifest_id.removeprefix("urn:uuid:")
-    if text == manifest_id or str(uuid.UUID(text)) != text:
-        raise ValueError("a manifest id is urn:uuid:<lower-case uuid>")
-    return f"{uuid.UUID(text).hex}.study"
-
-
-def _manifest_id(name: str) -> str | None:
-    """The manifest id an entry's file name stands for, or None."""
-    stem, _, suffix = name.partition(".")
-    if suffix != "study" or len(stem) != 32:  # noqa: PLR2004  a UUID in hex
-        return None
-    try:
-        return f"urn:uuid:{uuid.UUID(hex=stem)}"
-    except ValueError:
-        return None
-
-
-@dataclass(frozen=True, slots=True)
-class _Header:
-    manifest_id: str
-    content_type: str
-    length: int
-
-    def encode(self) -> bytes:
-        fields = {"manifest_id": self.manifest_id, "content_type": self.content_type, "length": self.length}
-        return MAGIC + json.dumps(fields, separators=(",", ":")).encode("ascii") + b"\n"
-
-
-def _read_header(fd: int) -> tuple[_Header, int] | None:
-    """An entry's header and where its body starts, if the file is a whole entry."""
-    start = os.pread(fd, MAX_HEADER, 0)
-    end = start.find(b"\n")
-    if not start.startswith(MAGIC) or end < 0:
-        return None
-    try:
-        fields = json.loads(start[len(MAGIC) : end])
-        header = _Header(str(fields["manifest_id"]), str(fields["content_type"]), int(fields["length"]))
-    except (ValueError, KeyError, TypeError):
-        return None
-    if os.fstat(fd).st_size != end + 1 + header.length:
-        return None
-    return header, end + 1
-
-
-class CachedStudy:
-    """An open cache entry: its ``Content-Type`` and length, and its body as chunks."""
-
-    def __init__(self, fd: int, header: _Header, offset: int, readers: ThreadPoolExecutor) -> None:
-        self.content_type = header.content_type
-        self.length = header.length
-        self._fd = fd
-        self._offset = offset
-        self._readers = readers
-
-    async def chunks(self) -> AsyncIterator[bytes]:
-        """The body, read in large chunks on a thread while the previous chunk is being sent; closes the file."""
-        position, end = self._offset, self._offset + self.length
-        pending: Future[bytes] | None = None
-        try:
-            pending = self._read(position, end)
-            while pending is not None:
-                chunk = await asyncio.wrap_future(pending)
-                if not chunk:
-                    raise OSError(errno.EIO, "relay cache entry shorter than its header says")
-                position += len(chunk)
-                pending = self._read(position, end) if position < end else None
-                yield chunk
-        finally:
-            self._close_after(pending)
-
-    def close(self) -> None:
-        """Close the entry without reading it."""
-        self._close_after(None)
-
-    def _read(self, position: int, end: int) -> Future[bytes]:
-        return self._readers.submit(os.pread, self._fd, min(SERVE_CHUNK, end - position), position)
-
-    def _close_after(self, pending: Future[bytes] | None) -> None:
-        if self._fd < 0:
-            return
-        fd, self._fd = self._fd, -1
-        if pending is None:
-            os.close(fd)
-        else:  # a read still in flight on a thread: close when it is done, not under it
-            pending.add_done_callback(lambda _: os.close(fd))
-
-
-class CacheFill:
-    """A study being relayed and written to a temporary file; made an entry only once verified.
-
-    ``write``, ``finish`` and ``abort`` are called on the event loop and never block: bytes
-    are gathered into batches and written by the cache's writer thread.
-    """
-
-    def __init__(self, cache: RelayCache, manifest: RegisteredManifest, content_type: str, length: int) -> None:
-        self.manifest = manifest
-        self.header = _Header(manifest.manifest_id, content_type, length)
-        self.boundary = parse_media_type(content_type).params.get("boundary", "")
-        self.path = cache.directory / f"tmp-{uuid.uuid4().hex}.part"
-        self.received = 0
-        self.failed = False
-        """Set when a write failed or the fill gave up: nothing will be kept."""
-        self.fd = -1
-        """The temporary file, open on the writer thread only."""
-        self._cache = cache
-        self._batch: list[bytes] = []
-        self._batched = 0
-        self._closed = False
-
-    def write(self, chunk: bytes) -> None:
-        """Add the next relayed chunk."""
-        if self._closed or self.failed:
-            return
-        self.received += len(chunk)
-        if self.received > self.header.length:
-            self._give_up("the body is longer than its Content-Length")
-            return
-        self._batch.append(chunk)
-        self._batched += len(chunk)
-        if self._batched >= WRITE_BATCH:
-            self._flush()
-
-    def finish(self) -> None:
-        """The relay got the whole body: write the rest, then verify and keep it (in the background)."""
-        if self._closed:
-            return
-        if self.received != self.header.length:
-            self._give_up("the body is shorter than its Content-Length")
-            return
-        self._flush()
-        self._closed = True
-        self._cache.submit(self._cache.finish_fill, self)
-
-    def abort(self) -> None:
-        """The relay ended before the whole body went through: delete what was written."""
-        if not self._closed:
-            self._closed = True
-            self._batch = []
-            self._cache.submit(self._cache.abort_fill, self)
-
-    def _flush(self) -> None:
-        if not self._batch:
-            return
-        batch, size = self._batch, self._batched
-        self._batch, self._batched = [], 0
-        if not self._cache.reserve(size):
-            self._give_up("the writer is behind")
-            return
-        self._cache.submit(self._cache.write_fill, self, batch, size)
-
-    def _give_up(self, reason: str) -> None:
-        log.warning("relay_cache.skipped", manifest_id=self.manifest.manifest_id, reason=reason)
-        self.failed = True
-        self.abort()
 
 
 class RelayCache:
@@ -293,7 +101,7 @@ class RelayCache:
         except FileNotFoundError:
             self._forget(manifest_id)
             return None
-        found = _read_header(fd)
+        found = read_header(fd)
         if found is None or found[0].manifest_id != manifest_id:
             os.close(fd)
             log.warning("relay_cache.entry_invalid", manifest_id=manifest_id)
@@ -320,7 +128,7 @@ class RelayCache:
         if len(fill.header.encode()) + length > self.max_bytes:
             log.info("relay_cache.skipped", manifest_id=manifest.manifest_id, reason="larger than the cache")
             return None
-        self.submit(self.open_fill, fill)
+        self.submit(fill.open_file)
         return fill
 
     def discard(self, manifest_id: str) -> None:
@@ -397,51 +205,16 @@ class RelayCache:
             except Exception:  # a failed job must not stop the writer; its fill is dropped
                 log.exception("relay_cache.job_failed")
 
-    def open_fill(self, fill: CacheFill) -> None:
-        """Writer thread: create the temporary file and write the entry's header, if the disk has room."""
-        if fill.failed:
-            return
-        try:
-            disk = os.statvfs(self.directory)
-            reserve = min(DISK_RESERVE, disk.f_blocks * disk.f_frsize // 10)
-            if disk.f_bavail * disk.f_frsize - fill.header.length < reserve:
-                fill.failed = True
-                log.warning("relay_cache.skipped", manifest_id=fill.manifest.manifest_id, reason="disk space")
-                return
-            fill.fd = os.open(fill.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            _write_all(fill.fd, [fill.header.encode()])
-        except OSError as exc:
-            self._write_failed(fill, exc)
-
-    def write_fill(self, fill: CacheFill, batch: list[bytes], size: int) -> None:
-        """Writer thread: append a batch of relayed bytes."""
-        try:
-            if not fill.failed and fill.fd >= 0:
-                _write_all(fill.fd, batch)
-        except OSError as exc:
-            self._write_failed(fill, exc)
-        finally:
-            with self._lock:
-                self._pending -= size
-
-    def abort_fill(self, fill: CacheFill) -> None:
-        """Writer thread: close and delete the temporary file."""
-        _close(fill)
-        with contextlib.suppress(FileNotFoundError):
-            fill.path.unlink()
+    def release(self, size: int) -> None:
+        """``size`` bytes reserved before have been written (or dropped)."""
+        with self._lock:
+            self._pending -= size
 
     def finish_fill(self, fill: CacheFill) -> None:
         """Writer thread: the file is complete; the verifier checks it and keeps it, or deletes it."""
-        _close(fill)
-        if fill.failed:
-            return
-        self._verifier.submit(self._keep_if_intact, fill)
-
-    def _write_failed(self, fill: CacheFill, exc: OSError) -> None:
-        fill.failed = True
-        self.abort_fill(fill)
-        reason = errno.errorcode.get(exc.errno or 0, type(exc).__name__)
-        log.warning("relay_cache.write_failed", manifest_id=fill.manifest.manifest_id, error=reason)
+        fill.close_file()
+        if not fill.failed:
+            self._verifier.submit(self._keep_if_intact, fill)
 
     # -- the verifier thread -----------------------------------------------------------------
 
@@ -510,12 +283,12 @@ class RelayCache:
             if path.name.startswith("tmp-"):
                 path.unlink(missing_ok=True)  # a relay cut short by a crash or a kill
                 continue
-            manifest_id = _manifest_id(path.name)
+            manifest_id = manifest_id_of(path.name)
             if manifest_id is None:
                 continue
             fd = os.open(path, os.O_RDONLY)
             try:
-                header = _read_header(fd)
+                header = read_header(fd)
                 stat = os.fstat(fd)
             finally:
                 os.close(fd)
@@ -529,24 +302,6 @@ class RelayCache:
                 self._total += size
             evicted = self._evict()
         log.info("relay_cache.opened", entries=len(found) - len(evicted), bytes=self.total_bytes, evicted=len(evicted))
-
-
-def _write_all(fd: int, buffers: list[bytes]) -> None:
-    views = [memoryview(b) for b in buffers if b]
-    while views:
-        written = os.writev(fd, views[:_IOV_MAX])
-        if written <= 0:
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        while views and written >= len(views[0]):
-            written -= len(views.pop(0))
-        if written:
-            views[0] = views[0][written:]
-
-
-def _close(fill: CacheFill) -> None:
-    if fill.fd >= 0:
-        fd, fill.fd = fill.fd, -1
-        os.close(fd)
 
 
 def _fsync_directory(directory: Path) -> None:

@@ -1,6 +1,6 @@
 """Checking that a relayed study body holds exactly the instances its signed manifest lists.
 
-The relay cache (``hub.relay_cache``) keeps a study only after this check: the
+The relay cache keeps a study only after this check: the
 ``multipart/related`` body is split into its parts as it is read (:class:`PartDigests`, a
 streaming splitter after RFC 2046 5.1: preamble, transport padding, epilogue), each part's
 SHA-256 and size are taken, and the parts must equal the manifest's instances by ``sha256``
