@@ -24,7 +24,16 @@ from pixport.hub.audit import AuditLog
 from pixport.hub.institutions import Actor
 from pixport.hub.node import Hub
 from pixport.hub.registry import RegisteredManifest
-from pixport.hub.relay_cache import FOLDER, PartDigests, RelayCache, check_body, compare_parts, entry_name
+from pixport.hub.relay_cache import (
+    FOLDER,
+    PartDigests,
+    RelayCache,
+    cache_directives,
+    check_body,
+    compare_parts,
+    entry_name,
+    wants_as_stored,
+)
 from pixport.trust.keys import SigningKey
 from pixport.trust.manifest import ManifestInstance, PatientIdentity, StudyAttributes, build_manifest, sign_manifest
 
@@ -190,6 +199,45 @@ def test_the_comparison_counts_missing_extra_and_altered_parts() -> None:
     }
     same_hash_other_size = [(listed[0][0], listed[0][1] + 1), *listed[1:]]
     assert not compare_parts(same_hash_other_size, listed, well_formed=True).ok
+
+
+@pytest.mark.parametrize(
+    ("accept", "as_stored"),
+    [
+        (None, True),
+        ("", True),
+        ("*/*", True),
+        ('multipart/related; type="application/dicom"', True),
+        ('multipart/related; type="application/dicom"; transfer-syntax=*', True),
+        ("multipart/related; type=application/dicom; transfer-syntax=1.2.840.10008.1.2.1", False),
+        ('multipart/related; type="application/dicom+json"', False),  # not instances: none acceptable
+        ("application/dicom", False),  # one instance's form, not a study's
+        # The range the gateway picks: the best q first, skipping what it cannot make.
+        ('multipart/related; type="image/jpeg", multipart/related; type="application/dicom"', True),
+        (
+            (
+                'multipart/related; type="application/dicom"; transfer-syntax=1.2.840.10008.1.2.1; q=0.9, '
+                'multipart/related; type="application/dicom"; transfer-syntax=*'
+            ),
+            True,
+        ),
+        (
+            (
+                'multipart/related; type="application/dicom"; transfer-syntax=1.2.840.10008.1.2.1, '
+                'multipart/related; type="application/dicom"; transfer-syntax=*; q=0.5'
+            ),
+            False,
+        ),
+    ],
+)
+def test_which_requests_get_the_stored_bytes(accept: str | None, *, as_stored: bool) -> None:
+    assert wants_as_stored(accept) is as_stored
+
+
+def test_cache_control_directives() -> None:
+    assert cache_directives(None) == frozenset()
+    assert cache_directives("no-cache") == {"no-cache"}
+    assert cache_directives("max-age=0, No-Store ,no-cache") == {"max-age", "no-store", "no-cache"}
 
 
 # -- the cache -----------------------------------------------------------------------------------

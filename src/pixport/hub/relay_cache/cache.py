@@ -32,6 +32,8 @@ FOLDER = "relay-cache"
 """The cache's folder inside ``hub.data_dir``."""
 MAX_PENDING = 64 * 1024 * 1024
 """Relayed bytes waiting for the writer thread, at most; past it, a fill gives up (memory stays bounded)."""
+BACKGROUND_NICE = 10
+"""How much lower the verifier's CPU priority is than the relays' (``nice``)."""
 
 
 class RelayCache:
@@ -57,7 +59,9 @@ class RelayCache:
         self._pending = 0
         self._jobs: queue.SimpleQueue[tuple[Callable[..., None], tuple[object, ...]] | None] = queue.SimpleQueue()
         self._writer = threading.Thread(target=self._write_jobs, name="relay-cache-writer", daemon=True)
-        self._verifier = ThreadPoolExecutor(max_workers=1, thread_name_prefix="relay-cache-verifier")
+        self._verifier = ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="relay-cache-verifier", initializer=_background_priority
+        )
         self._readers = ThreadPoolExecutor(max_workers=8, thread_name_prefix="relay-cache-reader")
         self._writer.start()
 
@@ -302,6 +306,12 @@ class RelayCache:
                 self._total += size
             evicted = self._evict()
         log.info("relay_cache.opened", entries=len(found) - len(evicted), bytes=self.total_bytes, evicted=len(evicted))
+
+
+def _background_priority() -> None:
+    """Lower the calling thread's CPU priority: verifying a study must not slow the relays (Linux: per thread)."""
+    with contextlib.suppress(OSError):
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), BACKGROUND_NICE)
 
 
 def _fsync_directory(directory: Path) -> None:
