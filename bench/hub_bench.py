@@ -3,8 +3,9 @@
 Sets up a hub and one gateway with the CLI, as an operator would (``pixport hub init``, keys, the
 institution, ``archive import``, ``gateway patients link``, ``gateway publish``), starts Orthanc
 (Debian ``orthanc`` + ``orthanc-dicomweb``) with the same CT stored into it, then times WADO-RS
-retrieval of the whole study from the gateway, through the hub (as the operator) and from Orthanc,
-and reads the hub's peak memory from ``/proc``.  See bench/README.md.
+retrieval of the whole study from the gateway, through the hub (as the operator) relayed from the
+gateway (``Cache-Control: no-cache``) and served from the hub's relay cache, and from Orthanc, and
+reads the hub's peak memory from ``/proc``.  See bench/README.md.
 
     .venv/bin/python bench/hub_bench.py [--quick] [--rounds N]
 """
@@ -44,8 +45,11 @@ INSTITUTION = "BENCH"
 RRN = "800101-1000001"  # synthetic: a valid birth date and century digit, nobody's number
 OPERATOR = "operator"
 PIXPORT_CLI = [sys.executable, "-c", "from pixport.cli.main import main; main()"]
-DIRECT, HUB, ORTHANC = "gateway direct", "through hub", ab.ORTHANC
-TARGETS = (DIRECT, HUB, ORTHANC)
+DIRECT, ORTHANC = "gateway direct", ab.ORTHANC
+HUB_GATEWAY, HUB_CACHE = "through hub, from the gateway", "through hub, from its relay cache"
+TARGETS = (DIRECT, HUB_GATEWAY, HUB_CACHE, ORTHANC)
+SOURCES = {HUB_GATEWAY: "gateway", HUB_CACHE: "cache"}  # the hub's PixPort-Source header for each
+SETTLE_TIMEOUT_S = 300.0
 HUB_RATIO_TARGET = ">=0.5x"
 RSS_LIMIT_MB = 300.0
 RETRIEVE_TIMEOUT_S = 600.0
@@ -109,6 +113,24 @@ class Network:
     gateway: ab.Server
     operator: SigningKey
     setup_seconds: dict[str, float]
+    relay_cache: Path
+
+    def cache_entries(self) -> set[tuple[str, int]]:
+        """(name, inode) of every relay cache entry: a refreshed entry is a new file under the same name."""
+        return {(p.name, p.stat().st_ino) for p in self.relay_cache.glob("*.study")}
+
+    def wait_cache_settled(self) -> None:
+        """Wait until the relay cache has no fill in progress (written, verified and renamed, or dropped).
+
+        A read from the gateway tees the study into the cache and verifies it afterwards, on
+        the hub's threads: not part of the reader's time, but CPU and disk the next read would
+        share.  Waited for outside the clock, so each read is timed on a quiet hub.
+        """
+        deadline = time.monotonic() + SETTLE_TIMEOUT_S
+        while any(self.relay_cache.glob("tmp-*")):
+            if time.monotonic() > deadline:
+                raise BenchError(f"the hub's relay cache did not settle in {SETTLE_TIMEOUT_S:.0f} s")
+            time.sleep(0.05)
 
 
 def start_network(tmp: Path, files: list[Path], study_uid: str) -> Network:
@@ -168,7 +190,7 @@ def start_network(tmp: Path, files: list[Path], study_uid: str) -> Network:
         "gateway", [*PIXPORT_CLI, "gateway", "serve"], gateway_env, gw_dir, f"http://{HOST}:{gateway_port}"
     )
     gateway.wait_ready()
-    return Network(hub, gateway, operator, timings)
+    return Network(hub, gateway, operator, timings, hub_dir / "data" / "relay-cache")
 
 
 def start_orthanc_with(tmp: Path, files: list[Path]) -> tuple[ab.Server, float]:
@@ -188,6 +210,10 @@ class Sample:
     received: int
     status: int
     content_type: str
+    source: str = ""
+    """The hub's PixPort-Source header (cache or gateway); empty for the others."""
+    kept: bool | None = None
+    """Read from the gateway through the hub: whether the relay cache was filled (refreshed) with it."""
 
     @property
     def mb_per_s(self) -> float:
@@ -202,23 +228,60 @@ def retrieve(client: httpx.Client, url: str, headers: dict[str, str]) -> Sample:
         for chunk in reply.iter_bytes():
             received += len(chunk)
     elapsed = time.perf_counter() - t0
-    return Sample(elapsed, received, reply.status_code, reply.headers.get("content-type", ""))
+    return Sample(
+        elapsed,
+        received,
+        reply.status_code,
+        reply.headers.get("content-type", ""),
+        reply.headers.get("pixport-source", ""),
+    )
 
 
 def retrievers(net: Network, orthanc: ab.Server, study_uid: str) -> dict[str, Callable[[httpx.Client], Sample]]:
     base = {"Accept": ab.WADO_ACCEPT, "Accept-Encoding": "identity"}
     path = f"/dicomweb/studies/{study_uid}"
 
-    def through_hub(client: httpx.Client) -> Sample:
+    def through_hub(client: httpx.Client, extra: dict[str, str]) -> Sample:
         # Each assertion is single-use: a fresh one per request, made before the clock starts.
         auth = authorization_header(net.operator, OPERATOR, HUB_AUDIENCE, "GET", path)
-        return retrieve(client, net.hub.base_url + path, {**base, **auth})
+        return retrieve(client, net.hub.base_url + path, {**base, **auth, **extra})
+
+    def from_the_gateway(client: httpx.Client) -> Sample:
+        before = net.cache_entries()
+        sample = through_hub(client, {"Cache-Control": "no-cache"})
+        net.wait_cache_settled()  # the refreshed copy verified and kept, outside the clock
+        after = net.cache_entries()
+        sample.kept = bool(after) and after != before
+        return sample
+
+    def from_the_cache(client: httpx.Client) -> Sample:
+        return through_hub(client, {})
 
     return {
         DIRECT: lambda client: retrieve(client, net.gateway.base_url + path, base),
-        HUB: through_hub,
+        HUB_GATEWAY: from_the_gateway,
+        HUB_CACHE: from_the_cache,
         ORTHANC: lambda client: retrieve(client, f"{orthanc.root}/studies/{study_uid}", base),
     }
+
+
+def check_source(name: str, sample: Sample) -> str | None:
+    """A read through the hub must have come from where it is said to (PixPort-Source)."""
+    expected = SOURCES.get(name)
+    if expected is not None and sample.source != expected:
+        return f"served from {sample.source or 'nowhere said'}, not from the {expected}"
+    return None
+
+
+def fill_relay_cache(net: Network, from_the_gateway: Callable[[httpx.Client], Sample], attempts: int = 10) -> None:
+    """Read through the hub from the gateway (untimed) until the relay cache holds the study."""
+    with httpx.Client(timeout=RETRIEVE_TIMEOUT_S) as client:
+        for attempt in range(1, attempts + 1):
+            from_the_gateway(client)
+            if net.cache_entries():
+                print(f"  relay cache filled ({attempt} read{'s' if attempt > 1 else ''} from the gateway)", flush=True)
+                return
+    raise BenchError(f"the hub's relay cache was still empty after {attempts} reads of the study")
 
 
 def check(sample: Sample, min_bytes: int) -> str | None:
@@ -243,7 +306,11 @@ def measure(
             for _ in range(warmup):
                 sample = run(clients[name])
                 notes[name] = notes[name] or check(sample, min_bytes)
-            print(f"  warm-up {name}: {sample.mb_per_s:.0f} MB/s, {sample.received:,} bytes", flush=True)
+            print(
+                f"  warm-up {name}: {sample.mb_per_s:.0f} MB/s, {sample.received:,} bytes"
+                + (f", from the {sample.source}" if sample.source else ""),
+                flush=True,
+            )
         names = list(runs)
         for round_ in range(rounds):
             order = names[round_ % len(names) :] + names[: round_ % len(names)]
@@ -251,7 +318,7 @@ def measure(
             for name in order:
                 sample = runs[name](clients[name])
                 samples[name].append(sample)
-                notes[name] = notes[name] or check(sample, min_bytes)
+                notes[name] = notes[name] or check(sample, min_bytes) or check_source(name, sample)
                 line.append(f"{name} {sample.mb_per_s:.0f} MB/s ({sample.seconds:.2f} s)")
             print(f"  round {round_ + 1}/{rounds}: " + ", ".join(line), flush=True)
     finally:
@@ -293,19 +360,22 @@ def build_rows(reads: dict[str, dict[str, Any]], hub_hwm: int) -> list[ab.Row]:
     rate = {name: r["median_mb_per_s"] for name, r in reads.items()}
     rows = [
         ab.Row(f"WADO-RS CT study, {DIRECT}", "MB/s", rate[DIRECT], None, ""),
-        ab.Row(f"WADO-RS CT study, {HUB}", "MB/s", rate[HUB], None, ""),
+        ab.Row(f"WADO-RS CT study, {HUB_GATEWAY}", "MB/s", rate[HUB_GATEWAY], None, ""),
+        ab.Row(f"WADO-RS CT study, {HUB_CACHE}", "MB/s", rate[HUB_CACHE], None, ""),
         ab.Row(f"WADO-RS CT study, {ORTHANC}", "MB/s", rate[ORTHANC], None, ""),
-        ab.Row(f"{HUB} vs {DIRECT}", "MB/s", rate[HUB], rate[DIRECT], HUB_RATIO_TARGET),
+        ab.Row(f"{HUB_GATEWAY} vs {DIRECT}", "MB/s", rate[HUB_GATEWAY], rate[DIRECT], HUB_RATIO_TARGET),
+        ab.Row(f"{HUB_CACHE} vs {DIRECT}", "MB/s", rate[HUB_CACHE], rate[DIRECT], HUB_RATIO_TARGET),
         ab.Row("hub peak RSS (VmHWM)", "MB", hub_hwm / MB, None, f"<{RSS_LIMIT_MB:.0f} MB"),
         ab.Row(f"{DIRECT} vs {ORTHANC}", "MB/s", rate[DIRECT], rate[ORTHANC], ""),
     ]
-    problems = [f"{name}: {r['check']}" for name, r in reads.items() if r["check"] and name != ORTHANC]
-    if reads[DIRECT]["bytes"] != reads[HUB]["bytes"]:
-        problems.append(f"bytes differ: direct {reads[DIRECT]['bytes']}, through hub {reads[HUB]['bytes']}")
-    if problems:
-        rows[3].note = "CHECK " + "; ".join(problems)
+    for row, hub_read in ((rows[4], HUB_GATEWAY), (rows[5], HUB_CACHE)):
+        problems = [f"{name}: {reads[name]['check']}" for name in (DIRECT, hub_read) if reads[name]["check"]]
+        if reads[DIRECT]["bytes"] != reads[hub_read]["bytes"]:
+            problems.append(f"bytes differ: direct {reads[DIRECT]['bytes']}, {hub_read} {reads[hub_read]['bytes']}")
+        if problems:
+            row.note = "CHECK " + "; ".join(problems)
     if reads[ORTHANC]["check"]:
-        rows[5].note = f"CHECK {ORTHANC}: {reads[ORTHANC]['check']}"
+        rows[7].note = f"CHECK {ORTHANC}: {reads[ORTHANC]['check']}"
     for row in rows:
         row.judge()
         if row.verdict == "n/a":  # one-value rows without a target
@@ -382,7 +452,10 @@ def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     print(f"  Orthanc {orthanc.info.get('version')} up, CT stored over STOW-RS in {stow_s:.1f} s", flush=True)
     hub_pid = net.hub.proc.pid
     hub_idle = {"rss": proc_status_bytes(hub_pid, "VmRSS"), "hwm": proc_status_bytes(hub_pid, "VmHWM")}
-    reads = measure(retrievers(net, orthanc, plan.ct_study_uid), args.rounds, args.warmup, ct_bytes)
+    runs = retrievers(net, orthanc, plan.ct_study_uid)
+    fill_relay_cache(net, runs[HUB_GATEWAY])
+    reads = measure(runs, args.rounds, args.warmup, ct_bytes)
+    relay_cache_bytes = sum(p.stat().st_size for p in net.relay_cache.glob("*.study"))
     hub_hwm = proc_status_bytes(hub_pid, "VmHWM")
     hub_rss_after = proc_status_bytes(hub_pid, "VmRSS")
     hub_processes = len(net.hub.tree_pids())
@@ -423,6 +496,7 @@ def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
             "hub_hwm_bytes": hub_hwm,
             "hub_rss_after_bytes": hub_rss_after,
             "gateway_tree_hwm_bytes": gateway_hwm,
+            "hub_relay_cache_bytes": relay_cache_bytes,
         },
         "orthanc_config": orthanc.info.get("config"),
         "reads": reads,
@@ -457,6 +531,11 @@ def main(argv: list[str] | None = None) -> int:
         f"  hub: {memory['hub_processes']} process, RSS {memory['hub_rss_before_bytes'] / MB:.0f} MB before the "
         f"retrieves, {memory['hub_rss_after_bytes'] / MB:.0f} MB after; gateway tree VmHWM "
         f"{memory['gateway_tree_hwm_bytes'] / MB:.0f} MB"
+    )
+    kept = [s["kept"] for s in result["reads"][HUB_GATEWAY]["samples"]]
+    print(
+        f"  relay cache refreshed by {sum(kept)} of the {len(kept)} timed reads from the gateway "
+        "(the others: the cache's writer fell behind the relay and the copy was dropped)"
     )
     out = (
         args.out

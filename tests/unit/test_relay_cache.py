@@ -34,6 +34,7 @@ from pixport.hub.relay_cache import (
     entry_name,
     wants_as_stored,
 )
+from pixport.hub.relay_cache.cache import MAX_PENDING
 from pixport.trust.keys import SigningKey
 from pixport.trust.manifest import ManifestInstance, PatientIdentity, StudyAttributes, build_manifest, sign_manifest
 
@@ -296,7 +297,7 @@ def test_a_body_that_is_not_its_manifest_is_not_kept_and_is_audited(
 def test_a_relay_cut_short_or_of_the_wrong_length_leaves_nothing(
     hub: Hub, cache: RelayCache, registered: Registered
 ) -> None:
-    parts = [instance_bytes(n, 200_000) for n in range(2)]  # several write batches' worth... of a small cache
+    parts = [instance_bytes(n, 200_000) for n in range(2)]
     cache.max_bytes = 10_000_000
     manifest = registered.manifest(parts)
     body = multipart(parts)
@@ -317,6 +318,23 @@ def test_a_relay_cut_short_or_of_the_wrong_length_leaves_nothing(
     assert cache.find(manifest.manifest_id) is None
     assert sorted(p.name for p in cache.directory.iterdir()) == [".lock"]
     assert integrity_events(hub.audit) == []  # nothing was wrong with the gateway's bytes
+
+
+def test_a_writer_behind_the_relay_drops_the_copy_and_holds_no_more_memory(
+    cache: RelayCache, registered: Registered
+) -> None:
+    parts = [instance_bytes(1)]
+    manifest = registered.manifest(parts)
+    cache.max_bytes = 1 << 30
+    too_much = b"\0" * (MAX_PENDING + 1)  # more than may wait for the writer at once
+    fill = cache.begin(manifest, CONTENT_TYPE, len(too_much))
+    assert fill is not None
+    fill.write(too_much)
+    assert fill.failed
+    fill.finish()
+    cache.drain()
+    assert cache.find(manifest.manifest_id) is None
+    assert leftovers(cache) == []
 
 
 def test_not_kept_what_cannot_be_kept(cache: RelayCache, registered: Registered) -> None:

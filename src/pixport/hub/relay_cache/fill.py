@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger("pixport.hub.relay_cache")
 
-WRITE_BATCH = 1024 * 1024
+WRITE_BATCH = 4 * 1024 * 1024
 """Relayed bytes gathered before they are handed to the writer thread (one ``writev``)."""
 DISK_RESERVE = 1024 * 1024 * 1024
 """Free space a fill leaves on the disk (a tenth of a smaller filesystem), for the hub's database."""
