@@ -308,6 +308,25 @@ def test_a_reader_gone_midway_leaves_no_entry_and_no_temporary_file(network: Net
     poll("the study in the cache", lambda: is_cached(network, manifest_id))
     assert temporary_files(network) == []
     assert read(network, study).content == whole.content
+    # A reader gone in the middle of a study served from the cache: the entry is closed.
+    entry = (cache_dir(network) / entry_name(manifest_id)).resolve()
+    with httpx.Client(transport=small_buffer, timeout=60) as client:
+        auth = authorization_header(network.operator, "operator", "pixport-hub", "GET", path)
+        with client.stream("GET", network.hub_url + path, headers={"Accept": AS_STORED, **auth}) as reply:
+            assert reply.headers["pixport-source"] == "cache"
+            assert next(reply.iter_raw(512))
+            assert entry in open_files(network.processes[0].pid)  # being served, held open
+    poll("the entry closed by the hub", lambda: entry not in open_files(network.processes[0].pid))
+    assert read(network, study).content == whole.content
+
+
+def open_files(pid: int) -> set[Path]:
+    """The files a process has open."""
+    found = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        with contextlib.suppress(OSError):
+            found.add(fd.readlink())
+    return found
 
 
 class BreakingGateway:

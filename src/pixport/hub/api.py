@@ -355,8 +355,17 @@ async def _from_relay_cache(hub: Hub, cache: RelayCache, actor: Actor, manifest:
     except BaseException:
         cached.close()
         raise
+
+    async def body() -> AsyncIterator[bytes]:
+        async with contextlib.aclosing(cached.chunks()) as chunks:
+            async for chunk in chunks:
+                if response.reader_gone:
+                    return  # stop reading the entry for nobody
+                yield chunk
+
     headers = {"content-length": str(cached.length), SOURCE_HEADER: "cache"}
-    return StreamingResponse(cached.chunks(), media_type=cached.content_type, headers=headers)
+    response = RelayedResponse(body(), media_type=cached.content_type, headers=headers)
+    return response
 
 
 def _relay_cache_for(request: Request, cache: RelayCache | None, suffix: str) -> RelayCache | None:

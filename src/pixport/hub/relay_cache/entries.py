@@ -12,7 +12,7 @@ import errno
 import json
 import os
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -84,7 +84,7 @@ class CachedStudy:
         self._offset = offset
         self._readers = readers
 
-    async def chunks(self) -> AsyncIterator[bytes]:
+    async def chunks(self) -> AsyncGenerator[bytes, None]:
         """The body, read in large chunks on a thread while the previous chunk is being sent; closes the file."""
         position, end = self._offset, self._offset + self.length
         pending: Future[bytes] | None = None
