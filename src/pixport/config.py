@@ -120,6 +120,10 @@ class HubSettings(Section):
     relay_cache_max_bytes: int = Field(default=20 * GiB, ge=0)
     """Bytes of studies the hub keeps in its relay cache (``data_dir/relay-cache``), least recently
     used evicted first; 0 turns the cache off (every read goes to the gateway)."""
+    relay_cache_keep_after: int = Field(default=2, ge=1)
+    """A copy of a study is kept from its Nth read from the gateway on (the first ones are only
+    relayed, at full speed); 1 keeps a copy of every study read.  ``Cache-Control: no-cache``
+    keeps one at once."""
 
 
 class GatewaySettings(Section):

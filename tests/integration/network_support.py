@@ -132,8 +132,11 @@ class Network:
         return self.logs.read_text(errors="replace")
 
 
-def start_hub(root: Path) -> Network:
-    """``pixport hub init``, a network key, an operator key, and ``pixport hub serve``."""
+def start_hub(root: Path, settings: dict[str, str] | None = None) -> Network:
+    """``pixport hub init``, a network key, an operator key, and ``pixport hub serve``.
+
+    ``settings``: more PIXPORT_* variables for the hub.
+    """
     hub_port = free_port()
     operator = SigningKey.generate()
     operator.save(root / "operator.pem")
@@ -143,6 +146,7 @@ def start_hub(root: Path) -> Network:
         "PIXPORT_HUB__DATA_DIR": str(root / "hub"),
         "PIXPORT_HUB__PORT": str(hub_port),
         "PIXPORT_HUB__OPERATOR_KEYS": json.dumps([str(root / "operator.jwk")]),
+        **(settings or {}),
     }
     assert pixport("hub", "init", env=hub_env).returncode == 0
     assert pixport("hub", "network-key", root / "network.key", env=hub_env).returncode == 0

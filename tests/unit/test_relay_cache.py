@@ -26,6 +26,7 @@ from pixport.hub.node import Hub
 from pixport.hub.registry import RegisteredManifest
 from pixport.hub.relay_cache import (
     FOLDER,
+    Admission,
     PartDigests,
     RelayCache,
     cache_directives,
@@ -468,3 +469,14 @@ def test_a_full_disk_skips_caching_and_loses_nothing_else(small_disk: Path, hub:
     assert cache.find(big_manifest.manifest_id) is None
     assert leftovers(cache) == []
     assert [m for m, _ in cache.entries()] == [kept.manifest_id]
+
+
+def test_admission_keeps_a_copy_from_the_nth_read_and_forgets_the_least_recent() -> None:
+    admission = Admission(keep_after=2, remembered=3)
+    assert [admission.worth_keeping("a") for _ in range(3)] == [False, True, True]
+    for other in ("b", "c", "d"):  # "a" is now the least recently read of four: forgotten
+        assert admission.worth_keeping(other) is False
+    assert admission.worth_keeping("a") is False
+    assert Admission(keep_after=1).worth_keeping("x") is True
+    with pytest.raises(ValueError, match="at least 1"):
+        Admission(keep_after=0)

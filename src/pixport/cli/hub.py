@@ -225,9 +225,7 @@ def list_audit(
     national_key: Annotated[str | None, typer.Option("--national-key", help="Only this patient's events.")] = None,
     patient_id: Annotated[
         str | None,
-        typer.Option(
-            "--patient-id", help="Only the events of the patient a hospital knows by this ID (--issuer too)."
-        ),
+        typer.Option("--patient-id", help="Only the events of the patient a hospital knows by this ID (--issuer too)."),
     ] = None,
     issuer: Annotated[
         str | None, typer.Option("--issuer", help="Who issued --patient-id (the institution code, or its issuer).")

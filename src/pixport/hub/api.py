@@ -53,7 +53,7 @@ from pixport.hub.audit import AuditEvent, VerificationPerformed
 from pixport.hub.institutions import Actor
 from pixport.hub.node import OPERATOR_SUBJECT, Hub
 from pixport.hub.registry import RegisteredManifest
-from pixport.hub.relay_cache import CacheFill, RelayCache, cache_directives, wants_as_stored
+from pixport.hub.relay_cache import Admission, CacheFill, RelayCache, cache_directives, wants_as_stored
 from pixport.trust.assertions import authorization_header
 
 log = structlog.get_logger("pixport.hub")
@@ -293,7 +293,11 @@ async def retrieve_study(request: Request) -> Response:
             raise PeerUnavailable(f"gateway of {institution.code} answered {upstream.status}")
         return answer
     await run_in_threadpool(_audit_read, hub, actor, manifest, study, "success", "gateway")
-    fill = _cache_fill(cache, manifest, upstream) if "no-store" not in directives else None
+    admission: Admission = request.app.state.admission
+    keep = "no-store" not in directives and (
+        "no-cache" in directives or (cache is not None and admission.worth_keeping(manifest.manifest_id))
+    )
+    fill = _cache_fill(cache, manifest, upstream) if keep else None
 
     async def body() -> AsyncIterator[bytes]:
         # Each piece as it arrived, neither waited for nor joined to the next: no copy here
@@ -502,6 +506,7 @@ def create_hub_app(hub: Hub) -> Starlette:
         lifespan=_lifespan,
     )
     app.state.hub = hub
+    app.state.admission = Admission(hub.settings.relay_cache_keep_after)
     return app
 
 

@@ -33,9 +33,11 @@ Its parts:
 - ``entries.py``: an entry's file: name, header, serving it in large chunks off the event loop;
 - ``fill.py``: :class:`CacheFill`, a relayed body on its way to a temporary file;
 - ``integrity.py``: a body's parts against the manifest's instances (a streaming splitter);
-- ``cache.py``: :class:`RelayCache`: the index, LRU eviction, the writer and verifier threads.
+- ``cache.py``: :class:`RelayCache`: the index, LRU eviction, the writer and verifier threads;
+- ``admission.py``: :class:`Admission`: a copy is kept from a study's second read on (by default).
 """
 
+from pixport.hub.relay_cache.admission import Admission
 from pixport.hub.relay_cache.cache import FOLDER, RelayCache
 from pixport.hub.relay_cache.entries import CachedStudy, entry_name
 from pixport.hub.relay_cache.fill import CacheFill
@@ -44,6 +46,7 @@ from pixport.hub.relay_cache.negotiation import cache_directives, wants_as_store
 
 __all__ = [
     "FOLDER",
+    "Admission",
     "CacheFill",
     "CachedStudy",
     "IntegrityReport",
