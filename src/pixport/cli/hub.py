@@ -156,7 +156,8 @@ def add_key(
     typer.echo(f"Added key {key.kid} to {code}, valid until {key.not_after:%Y-%m-%d}")
 
 
-@keys_app.command("revoke")
+# A key id is base64url: it may begin with "-", which must not be taken for an option.
+@keys_app.command("revoke", context_settings={"ignore_unknown_options": True})
 def revoke_key(
     ctx: typer.Context,
     code: Annotated[str, typer.Argument(help="Institution code.")],
