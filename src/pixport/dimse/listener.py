@@ -13,6 +13,7 @@ SIGTERM or SIGINT.
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import signal
@@ -89,6 +90,10 @@ def serve(settings: Settings) -> None:
         # background; a listener on its own still stops on Ctrl-C or ``kill -INT``.  A worker
         # leaves SIGINT to its supervisor, which stops every worker with SIGTERM.
         signal.signal(signal.SIGINT, stop)
+    # Everything made so far (modules, the archive, the server) lives as long as the process:
+    # out of the collector's sight, a full collection no longer walks ~85,000 objects.
+    gc.collect()
+    gc.freeze()
     try:
         server.serve_forever()
     except KeyboardInterrupt:
