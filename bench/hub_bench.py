@@ -122,14 +122,19 @@ class Network:
         """(name, inode) of every relay cache entry: a refreshed entry is a new file under the same name."""
         return {(p.name, p.stat().st_ino) for p in self.relay_cache.glob("*.study")}
 
-    def wait_cache_settled(self) -> None:
+    def wait_cache_settled(self, before: set[tuple[str, int]] | None = None) -> None:
         """Wait until the relay cache has no fill in progress (written, verified and renamed, or dropped).
 
-        A read from the gateway tees the study into the cache and verifies it afterwards, on
-        the hub's threads: not part of the reader's time, but CPU and disk the next read would
-        share.  Waited for outside the clock, so each read is timed on a quiet hub.
+        After a read that keeps a copy, the hub fetches the study once more from the gateway and
+        verifies it, on its own: not part of the reader's time, but CPU and disk the next read
+        would share.  Waited for outside the clock (until the entry differs from ``before``,
+        then no temporary file is left), so each read is timed on a quiet hub.
         """
         deadline = time.monotonic() + SETTLE_TIMEOUT_S
+        while before is not None and self.cache_entries() == before:
+            if time.monotonic() > deadline:
+                raise BenchError(f"the hub's relay cache was not refreshed in {SETTLE_TIMEOUT_S:.0f} s")
+            time.sleep(0.02)
         while any(self.relay_cache.glob("tmp-*")):
             if time.monotonic() > deadline:
                 raise BenchError(f"the hub's relay cache did not settle in {SETTLE_TIMEOUT_S:.0f} s")
@@ -255,7 +260,7 @@ def retrievers(net: Network, orthanc: ab.Server, study_uid: str) -> dict[str, Ca
     def from_the_gateway(client: httpx.Client) -> Sample:
         before = net.cache_entries()
         sample = through_hub(client, {"Cache-Control": "no-cache"})
-        net.wait_cache_settled()  # the refreshed copy verified and kept, outside the clock
+        net.wait_cache_settled(before)  # the refreshed copy fetched, verified and kept, outside the clock
         after = net.cache_entries()
         sample.kept = bool(after) and after != before
         return sample
@@ -372,7 +377,7 @@ def build_rows(reads: dict[str, dict[str, Any]], hub_hwm: int) -> list[ab.Row]:
         ab.Row(f"WADO-RS CT study, {HUB_CACHE}", "MB/s", rate[HUB_CACHE], None, ""),
         ab.Row(f"WADO-RS CT study, {ORTHANC}", "MB/s", rate[ORTHANC], None, ""),
         ab.Row(f"{HUB_GATEWAY} vs {DIRECT}", "MB/s", rate[HUB_GATEWAY], rate[DIRECT], HUB_RATIO_TARGET),
-        ab.Row(f"{HUB_KEEPING} vs {DIRECT}", "MB/s", rate[HUB_KEEPING], rate[DIRECT], ""),
+        ab.Row(f"{HUB_KEEPING} vs {DIRECT}", "MB/s", rate[HUB_KEEPING], rate[DIRECT], HUB_RATIO_TARGET),
         ab.Row(f"{HUB_CACHE} vs {DIRECT}", "MB/s", rate[HUB_CACHE], rate[DIRECT], HUB_RATIO_TARGET),
         ab.Row("hub peak RSS (VmHWM)", "MB", hub_hwm / MB, None, f"<{RSS_LIMIT_MB:.0f} MB"),
         ab.Row(f"{DIRECT} vs {ORTHANC}", "MB/s", rate[DIRECT], rate[ORTHANC], ""),
@@ -544,7 +549,7 @@ def main(argv: list[str] | None = None) -> int:
     kept = [s["kept"] for s in result["reads"][HUB_KEEPING]["samples"]]
     print(
         f"  relay cache refreshed by {sum(kept)} of the {len(kept)} timed reads {HUB_KEEPING} "
-        "(the others: the cache's writer fell behind the relay and the copy was dropped)"
+        "(a copy fetched again from the gateway in the background after each, outside the clock)"
     )
     out = (
         args.out

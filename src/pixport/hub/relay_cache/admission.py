@@ -1,7 +1,7 @@
 """Which relayed studies are worth a copy: those read through the hub more than once.
 
 A study read once (an operator's check, one hospital importing it) would only take disk space
-and the relay's time: copying it while relaying costs the hub about a third more CPU per byte.
+and a second transfer from its gateway (the copy is fetched again, in the background).
 A study read again (a patient viewing it, several hospitals it was shared with) is likely to be
 read again still.  So a copy is kept from a study's ``keep_after``-th read from the gateway on
 (``hub.relay_cache_keep_after``; 1 keeps the first).  Reads are counted per manifest, in memory,

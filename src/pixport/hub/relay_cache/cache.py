@@ -193,6 +193,11 @@ class RelayCache:
         """Queue ``job(*args)`` for the writer thread (non-blocking; jobs run in order)."""
         self._jobs.put((job, args))
 
+    def backlog(self) -> int:
+        """Bytes handed to the writer thread and not written yet (a background fill waits on it)."""
+        with self._lock:
+            return self._pending
+
     def reserve(self, size: int) -> bool:
         """Account for ``size`` relayed bytes waiting for the writer; False when too many are waiting."""
         with self._lock:
