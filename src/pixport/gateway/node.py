@@ -27,7 +27,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-import httpx
 from sqlalchemy import (
     Column,
     Engine,
@@ -177,14 +176,13 @@ class Gateway:
         gateway = settings.gateway
         self.settings = settings
         self.archive = archive
-        self.code: str = _required(gateway.institution_code, "institution_code")
-        self.key = SigningKey.load(_required(gateway.signing_key, "signing_key"))
+        self.hub = HubClient.from_settings(settings)  # code, key and hub URL, each required
+        self.code: str = self.hub.institution_code
+        self.key: SigningKey = self.hub.key
         self._network_key_path = gateway.network_key
         hub_jwk = json.loads(_required(gateway.hub_key, "hub_key").read_text())
         self.hub_kid = jwk_thumbprint(hub_jwk)
         self.hub_public_key: PublicKey = public_key_from_jwk(hub_jwk)
-        self.hub_url: str = _required(gateway.hub_url, "hub_url").rstrip("/")
-        self.hub = HubClient(self.code, self.key, self.hub_url, gateway.hub_audience)
         settings.storage.data_dir.mkdir(parents=True, exist_ok=True)
         path = (settings.storage.data_dir / "gateway.db").absolute()
         self.engine: Engine = create_engine(f"sqlite:///{path}", connect_args={"timeout": 60})
@@ -296,7 +294,7 @@ class Gateway:
                 raise PublicationWithdrawn(
                     f"study {study_instance_uid} is {publication.status} already (manifest {publication.manifest_id})"
                 )
-            response = self._hub_request(
+            response = self.hub.request(
                 "POST", f"/hub/manifests/{publication.manifest_id}/withdraw", json={"reason": reason}
             )
             withdrawn: dict[str, Any] = response.json()
@@ -321,7 +319,7 @@ class Gateway:
 
     def _current_manifest_at_hub(self, study_instance_uid: str) -> str | None:
         """The id of this institution's current manifest of a study at the hub, if any."""
-        found = self._hub_request("GET", "/hub/manifests", params={"study": study_instance_uid}).json()
+        found = self.hub.request("GET", "/hub/manifests", params={"study": study_instance_uid}).json()
         for entry in found:
             if entry.get("institution") == self.code and entry.get("status") == "current":
                 return str(entry["manifest_id"])
@@ -329,7 +327,7 @@ class Gateway:
 
     def register_at_hub(self, token: str) -> dict[str, Any]:
         """POST a signed manifest to the hub; ``HubRefused`` with the hub's reason if refused."""
-        response = self._hub_request("POST", "/hub/manifests", content=token.encode("ascii"))
+        response = self.hub.request("POST", "/hub/manifests", content=token.encode("ascii"))
         body: dict[str, Any] = response.json()
         return body
 
@@ -366,10 +364,7 @@ class Gateway:
 
     def fetch_directory(self) -> str:
         """The hub's signed directory (JWS), for offline verification."""
-        return self._hub_request("GET", "/hub/directory").text
-
-    def _hub_request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        return self.hub.request(method, path, **kwargs)
+        return self.hub.request("GET", "/hub/directory").text
 
     # The hub's calls
 

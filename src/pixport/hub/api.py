@@ -50,7 +50,7 @@ from pixport.errors import (
     StorageUnavailable,
     TrustError,
 )
-from pixport.hub.audit import AuditEvent, VerificationPerformed
+from pixport.hub.audit import StudyRead, VerificationPerformed
 from pixport.hub.institutions import Actor
 from pixport.hub.node import OPERATOR_SUBJECT, Hub
 from pixport.hub.registry import RegisteredManifest
@@ -470,8 +470,7 @@ def _audit_read(
     if source is not None:
         detail["source"] = source
     hub.audit.record(
-        AuditEvent(
-            action="study.read",
+        StudyRead(
             actor=actor.name,
             actor_address=actor.address,
             outcome=outcome,

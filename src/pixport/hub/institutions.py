@@ -20,7 +20,7 @@ from sqlalchemy import Engine, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from pixport.errors import ConfigurationError, KeyNotTrusted, NotFound
-from pixport.hub.audit import AuditEvent, AuditLog
+from pixport.hub.audit import AuditEvent, AuditLog, InstitutionAdmitted, KeyRevoked
 from pixport.hub.schema import institution_keys, institutions
 from pixport.trust.directory import (
     Directory,
@@ -75,8 +75,7 @@ class InstitutionService:
                     )
                 )
                 self._audit.record(
-                    AuditEvent(
-                        action="institution.admitted",
+                    InstitutionAdmitted(
                         actor=actor.name,
                         actor_address=actor.address,
                         outcome="success",
@@ -151,8 +150,7 @@ class InstitutionService:
             if result.rowcount != 1:
                 raise NotFound(f"institution {code} has no unrevoked key {kid}")
             self._audit.record(
-                AuditEvent(
-                    action="key.revoked",
+                KeyRevoked(
                     actor=actor.name,
                     actor_address=actor.address,
                     outcome="success",

@@ -26,7 +26,7 @@ from sqlalchemy import Connection, Engine, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from pixport.errors import KeyNotTrusted, ManifestInvalid, NotAuthorized, NotFound, StorageUnavailable
-from pixport.hub.audit import AuditEvent, AuditLog
+from pixport.hub.audit import AuditEvent, AuditLog, ManifestRegistered
 from pixport.hub.institutions import Actor, InstitutionService
 from pixport.hub.schema import manifests, patient_ids, patients
 from pixport.trust import jws
@@ -236,8 +236,7 @@ class Registry:
             )
         )
         self._audit.record(
-            AuditEvent(
-                action="manifest.registered",
+            ManifestRegistered(
                 actor=actor.name,
                 actor_address=actor.address,
                 outcome="success",

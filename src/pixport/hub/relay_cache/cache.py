@@ -120,7 +120,7 @@ class RelayCache:
         return CachedStudy(fd, found[0], found[1], self._readers)
 
     def begin(self, manifest: RegisteredManifest, content_type: str, length: int) -> CacheFill | None:
-        """A fill for a study about to be relayed (as stored, ``length`` bytes); None if it cannot be kept."""
+        """A fill for a study about to arrive (as stored, ``length`` bytes); None if it cannot be kept."""
         media = parse_media_type(content_type)
         if media.type != "multipart/related" or not media.params.get("boundary"):
             return None

@@ -1,10 +1,10 @@
-"""A relayed study on its way into the cache: gathered on the event loop, written on the writer thread.
+"""A study on its way into the cache: gathered on the event loop, written on the writer thread.
 
-``write``, ``finish`` and ``abort`` are called by the relay, on the event loop, and never
-block: relayed pieces are gathered (not copied) into batches of about ``WRITE_BATCH`` bytes,
-and each batch is handed to the cache's writer thread, which writes it with one ``writev``.
-The ``*_file`` methods are that thread's part.  Any failure marks the fill ``failed``: it is
-then deleted and never verified, and the relay goes on as if there were no cache.
+``write``, ``finish`` and ``abort`` are called on the event loop (by the hub's background
+fetch of the study) and never block: pieces are gathered (not copied) into batches of about
+``WRITE_BATCH`` bytes, and each batch is handed to the cache's writer thread, which writes it
+with one ``writev``.  The ``*_file`` methods are that thread's part.  Any failure marks the
+fill ``failed``: it is then deleted and never verified.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ _IOV_MAX = 1024
 
 
 class CacheFill:
-    """A study being relayed and written to a temporary file; made an entry only once verified."""
+    """A study being written to a temporary file; made an entry only once verified."""
 
     def __init__(self, cache: RelayCache, manifest: RegisteredManifest, content_type: str, length: int) -> None:
         self.manifest = manifest
@@ -53,7 +53,7 @@ class CacheFill:
     # -- on the event loop -------------------------------------------------------------------
 
     def write(self, chunk: bytes) -> None:
-        """Add the next relayed chunk."""
+        """Add the next chunk of the body."""
         if self._closed or self.failed:
             return
         self.received += len(chunk)
