@@ -14,6 +14,7 @@ import ipaddress
 import os
 import socket
 import ssl
+import struct
 import subprocess
 import sys
 import time
@@ -315,6 +316,23 @@ def test_a_silent_connection_does_not_hold_up_other_callers(tmp_path: Path, pki:
             silent.settimeout(handshake_deadline + 10)
             assert silent.recv(1) == b""  # closed by the listener
             assert time.monotonic() - opened < handshake_deadline + 5
+        assert scu.echo(client_settings(pki), tls_node(listener.port)) == 0x0000
+
+
+def test_a_tls_peer_stalling_mid_pdu_is_dropped_after_the_network_timeout(tmp_path: Path, pki: Pki) -> None:
+    """Half an A-ASSOCIATE-RQ over TLS, then silence: the listener closes after ``network_timeout``."""
+    with contextlib.contextmanager(start_listener)(
+        tmp_path, tls_certificate=pki.node_cert, tls_private_key=pki.node_key, network_timeout=1
+    ) as listener:
+        with (
+            socket.create_connection(("127.0.0.1", listener.port), timeout=15) as raw,
+            python_client(pki).wrap_socket(raw, server_hostname="127.0.0.1") as tls,
+        ):
+            opened = time.monotonic()
+            tls.sendall(struct.pack(">BBL", 0x01, 0, 500) + bytes(100))
+            with contextlib.suppress(ConnectionError):
+                assert tls.recv(1) == b""  # closed by the listener (or reset)
+            assert time.monotonic() - opened < 10
         assert scu.echo(client_settings(pki), tls_node(listener.port)) == 0x0000
 
 

@@ -36,6 +36,7 @@ reactor method.  That reaches into pynetdicom's internals, so the version is pin
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import queue
 import select
@@ -53,6 +54,8 @@ from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.dul import DULServiceProvider
 from pynetdicom.pdu import A_ABORT_RQ, P_DATA_TF
 from pynetdicom.pdu_primitives import P_DATA
+
+from pixport.dimse.pdu_reader import UnknownPduType, read_pdu
 
 SUPPORTED_PYNETDICOM = "3.0."
 # Events whose handlers expect to see every PDU or message received (no borrowed reads then).
@@ -174,18 +177,49 @@ class EventDrivenDUL(DULServiceProvider):
             self._read_lock.release()
 
     def _read_pdu_data(self) -> None:
-        """The PDU reader of pynetdicom, acknowledging what has arrived first (``quick_ack``).
+        """Read one PDU and hand it to the state machine, as pynetdicom's reader does.
 
-        DCMTK's storescu, without TCP_NODELAY in its environment (the default), writes a
-        C-STORE's PDU header and its command in two writes, and Nagle's algorithm holds the
-        second until the first is acknowledged.  After our previous response the kernel treats
-        the connection as interactive and delays that ACK about 40 ms, hoping to piggyback it
-        on data we do not send: 48 ms per small instance.  Quick-ACK mode sends it now, and
-        while it lasts each read that empties the buffer acknowledges at once.
+        The socket is put in quick-ACK mode first: DCMTK's storescu, without TCP_NODELAY in its
+        environment (the default), writes a C-STORE's PDU header and its command in two writes,
+        and Nagle's algorithm holds the second until the first is acknowledged.  After our
+        previous response the kernel treats the connection as interactive and delays that ACK
+        about 40 ms, hoping to piggyback it on data we do not send: 48 ms per small instance.
+        Quick-ACK mode sends it now, and while it lasts each read that empties the buffer
+        acknowledges at once.
+
+        On a plain TCP socket the PDU is read whole into one buffer (``pdu_reader``), waiting
+        at most ``network_timeout`` for each next piece of it; the events queued for each
+        outcome are pynetdicom's (Evt17 for a connection that closes, fails or stalls mid-PDU,
+        Evt19 for an unknown or undecodable PDU).  Over TLS pynetdicom reads it, with
+        ``network_timeout`` set on the socket so that its waits are bounded too.
         """
-        if self.socket is not None:
-            quick_ack(self.socket.socket)
-        super()._read_pdu_data()
+        transport = self.socket.socket if self.socket is not None else None
+        if transport is not None:
+            quick_ack(transport)
+        if transport is None or isinstance(transport, ssl.SSLSocket):
+            if transport is not None and transport.gettimeout() is None:
+                # Bounded waits for TLS too: a read stalled mid-PDU fails after network_timeout.
+                transport.settimeout(self.network_timeout)
+            super()._read_pdu_data()
+            return
+        try:
+            pdu_data = read_pdu(transport, self.network_timeout, functools.partial(quick_ack, transport))
+        except UnknownPduType as exc:
+            LOGGER.error("Unknown PDU type received '0x%02X'", exc.pdu_type)  # noqa: TRY400  as pynetdicom
+            self.event_queue.put("Evt19")
+            return
+        except (OSError, EOFError, ValueError):  # TimeoutError is an OSError
+            LOGGER.error("Connection closed before the entire PDU was received")  # noqa: TRY400  as pynetdicom
+            self.event_queue.put("Evt17")
+            return
+        try:
+            pdu, event = self._decode_pdu(pdu_data)
+        except Exception:  # noqa: BLE001  as pynetdicom: an undecodable PDU is Evt19
+            LOGGER.error("Unable to decode the received PDU data")  # noqa: TRY400  no data in the log
+            self.event_queue.put("Evt19")
+            return
+        self.event_queue.put(event)
+        self._recv_pdu.put(pdu)
 
     def kill_dul(self) -> None:
         super().kill_dul()
@@ -305,29 +339,21 @@ class BorrowedSocket:
             ready, _, _ = select.select([self._transport], [], [], timeout)
             if not ready:
                 return None
-            header = self._receive(6)
-            length = int.from_bytes(header[2:6], "big")
-            self._quick_ack()  # and the segment just read is acknowledged now, if it is not yet
-            data = header + self._receive(length)
-        except (OSError, ValueError) as exc:
+            data = read_pdu(self._transport, self._dul.network_timeout, self._quick_ack)
+        except UnknownPduType:
+            LOGGER.error("Unknown PDU type received")  # noqa: TRY400  as pynetdicom's reader
+            self._dul.event_queue.put("Evt19")
+            raise ConnectionError from None
+        except (OSError, ValueError, EOFError) as exc:  # TimeoutError is an OSError
             LOGGER.error("Connection closed before the entire PDU was received")  # noqa: TRY400  as pynetdicom
             self._dul.event_queue.put("Evt17")
             raise ConnectionError from exc
+        self._quick_ack()  # what was just read is acknowledged now, if it is not yet
         self._dul._idle_timer.restart()  # noqa: SLF001  as the DUL does for every PDU it reads
-        return data
+        return bytes(data)
 
     def _quick_ack(self) -> None:
         quick_ack(self._transport)
-
-    def _receive(self, length: int) -> bytes:
-        parts = []
-        while length:
-            part = self._transport.recv(min(length, 1 << 20))
-            if not part:
-                raise ConnectionResetError
-            parts.append(part)
-            length -= len(part)
-        return b"".join(parts)
 
     def hand_over(self, data: bytes) -> None:
         """Give a PDU to the DUL thread, for the state machine, as if that thread had read it."""
