@@ -69,9 +69,16 @@ INSTANCE_TAGS = frozenset(
 )
 
 
+# In tag order, as the parsed metadata is: each piece comes out as filtering it would give.
+_LEVEL_ORDER = tuple(tuple(sorted(tags)) for tags in (STUDY_TAGS, SERIES_TAGS, INSTANCE_TAGS))
+
+
 def level_documents(metadata: dict[str, Any]) -> tuple[bytes, bytes, bytes]:
-    """Study, series and instance pieces of one instance's DICOM JSON, serialized."""
+    """Study, series and instance pieces of one instance's DICOM JSON, serialized.
+
+    Looks up each level's few tags rather than testing every element of the data set three
+    times (a CT header has a few hundred).
+    """
     return tuple(  # type: ignore[return-value]
-        orjson.dumps({tag: value for tag, value in metadata.items() if tag in tags})
-        for tags in (STUDY_TAGS, SERIES_TAGS, INSTANCE_TAGS)
+        orjson.dumps({tag: metadata[tag] for tag in tags if tag in metadata}) for tags in _LEVEL_ORDER
     )
