@@ -123,7 +123,8 @@ class Server:
             todo.extend(children.get(pid, []))
         return out
 
-    def stop(self) -> None:
+    def stop(self, *, keep_files: bool = False) -> None:
+        """Stop the server's process group; delete its folder unless ``keep_files``."""
         if self.proc.poll() is None:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.proc.pid, signal.SIGTERM)
@@ -136,7 +137,8 @@ class Server:
         # Workers of a process group that outlived their parent.
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.proc.pid, signal.SIGKILL)
-        shutil.rmtree(self.workdir, ignore_errors=True)
+        if not keep_files:
+            shutil.rmtree(self.workdir, ignore_errors=True)
 
 
 _LIVE: list[Server] = []
@@ -259,8 +261,9 @@ def start(name: str, tmp: Path, label: str, args: argparse.Namespace) -> Server:
     return start_pixport(tmp, label, args.workers, pixport_command(args.pixport_cmd))
 
 
-def retire(server: Server) -> None:
-    server.stop()
+def retire(server: Server, *, keep_files: bool = False) -> None:
+    """Stop a server for good; ``keep_files`` leaves its folder to the final clean-up (see dimse_bench)."""
+    server.stop(keep_files=keep_files)
     if server in _LIVE:  # only once it is stopped: an interrupted stop is finished by stop_all()
         _LIVE.remove(server)
 
