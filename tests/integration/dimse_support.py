@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import shutil
 import socket
@@ -13,6 +14,10 @@ from pathlib import Path
 from typing import Any
 
 import pydicom
+from pynetdicom import AE
+from pynetdicom.association import Association
+from pynetdicom.dimse_messages import C_STORE_RQ
+from pynetdicom.dimse_primitives import C_STORE
 
 from pixport import build_archive, load_settings
 from pixport.archive.node import Archive
@@ -100,3 +105,29 @@ def dcmtk_environment(*, nodelay: bool) -> dict[str, str]:
 
 def sop_instance_uid(path: Path) -> str:
     return str(pydicom.dcmread(path, stop_before_pixels=True, force=True).SOPInstanceUID)
+
+
+def half_sent_c_store(port: int, path: Path, calling: str, max_pdu: int = 4096) -> Association:
+    """An association that has sent a C-STORE command and the first half of its data set's PDUs.
+
+    For faults mid-transfer: the caller aborts, vanishes or sends something malformed next.
+    """
+    ds = pydicom.dcmread(path)
+    buffer = io.BytesIO()
+    pydicom.dcmwrite(buffer, ds, enforce_file_format=False)
+    ae = AE(ae_title=calling)
+    ae.add_requested_context(ds.SOPClassUID, ds.file_meta.TransferSyntaxUID)
+    assoc = ae.associate("127.0.0.1", port, ae_title=AE_TITLE, max_pdu=max_pdu)
+    assert assoc.is_established
+    request = C_STORE()
+    request.MessageID = 1
+    request.AffectedSOPClassUID = ds.SOPClassUID
+    request.AffectedSOPInstanceUID = ds.SOPInstanceUID
+    request.Priority = 2
+    request.DataSet = io.BytesIO(after_meta(buffer.getvalue()))
+    message = C_STORE_RQ()
+    message.primitive_to_message(request)
+    fragments = list(message.encode_msg(assoc.accepted_contexts[0].context_id, max_pdu))
+    for pdata in fragments[: len(fragments) // 2]:
+        assoc.dul.send_pdu(pdata)
+    return assoc

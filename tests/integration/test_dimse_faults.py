@@ -10,9 +10,8 @@ from pathlib import Path
 
 import pydicom
 import pytest
-from dimse_support import AE_TITLE, CORPUS, Listener, after_meta, dcmtk, start_listener
+from dimse_support import AE_TITLE, CORPUS, Listener, after_meta, dcmtk, half_sent_c_store, start_listener
 from pynetdicom import AE
-from pynetdicom.dimse_messages import C_STORE_RQ
 from pynetdicom.dimse_primitives import C_STORE
 from test_disk_full import small_disk  # noqa: F401  fixture
 
@@ -128,26 +127,7 @@ def test_abort_mid_transfer_leaves_nothing_behind(
     pynetdicom_tmp = tmp_path / "pynetdicom-tmp"
     pynetdicom_tmp.mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(pynetdicom_tmp))
-    ds = pydicom.dcmread(CT)
-    buffer = io.BytesIO()
-    pydicom.dcmwrite(buffer, ds, enforce_file_format=False)
-    encoded = buffer.getvalue()
-    meta_end = 132 + 12 + int.from_bytes(encoded[140:144], "little")
-    ae = AE(ae_title="ABORTER")
-    ae.add_requested_context(ds.SOPClassUID, ds.file_meta.TransferSyntaxUID)
-    assoc = ae.associate("127.0.0.1", listener.port, ae_title=AE_TITLE, max_pdu=4096)
-    assert assoc.is_established
-    request = C_STORE()
-    request.MessageID = 1
-    request.AffectedSOPClassUID = ds.SOPClassUID
-    request.AffectedSOPInstanceUID = ds.SOPInstanceUID
-    request.Priority = 2
-    request.DataSet = io.BytesIO(encoded[meta_end:])
-    message = C_STORE_RQ()
-    message.primitive_to_message(request)
-    fragments = list(message.encode_msg(assoc.accepted_contexts[0].context_id, 4096))
-    for pdata in fragments[: len(fragments) // 2]:
-        assoc.dul.send_pdu(pdata)
+    assoc = half_sent_c_store(listener.port, CT, "ABORTER")
     time.sleep(0.5)
     assert list(pynetdicom_tmp.iterdir()), "the partial data set should be on disk before the abort"
     assoc.abort()

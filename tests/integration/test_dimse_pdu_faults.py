@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import socket
 import struct
 import tempfile
@@ -10,13 +9,10 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import pydicom
+import dimse_support
 import pytest
 from dimse_support import AE_TITLE, CORPUS, Listener, dcmtk, start_listener
-from pynetdicom import AE
 from pynetdicom.association import Association
-from pynetdicom.dimse_messages import C_STORE_RQ
-from pynetdicom.dimse_primitives import C_STORE
 
 CT = CORPUS / "modality" / "ct" / "CT_small.dcm"
 A_ABORT = 0x07
@@ -47,27 +43,8 @@ def wait_for(condition: Callable[[], bool], timeout: float = 10) -> bool:
 
 
 def half_sent_c_store(listener: Listener, receiving: Path) -> Association:
-    """An association that has sent a C-STORE command and half of its data set's PDUs."""
-    ds = pydicom.dcmread(CT)
-    buffer = io.BytesIO()
-    pydicom.dcmwrite(buffer, ds, enforce_file_format=False)
-    encoded = buffer.getvalue()
-    meta_end = 132 + 12 + int.from_bytes(encoded[140:144], "little")
-    ae = AE(ae_title="PDUFAULTS")
-    ae.add_requested_context(ds.SOPClassUID, ds.file_meta.TransferSyntaxUID)
-    assoc = ae.associate("127.0.0.1", listener.port, ae_title=AE_TITLE, max_pdu=MAX_PDU)
-    assert assoc.is_established
-    request = C_STORE()
-    request.MessageID = 1
-    request.AffectedSOPClassUID = ds.SOPClassUID
-    request.AffectedSOPInstanceUID = ds.SOPInstanceUID
-    request.Priority = 2
-    request.DataSet = io.BytesIO(encoded[meta_end:])
-    message = C_STORE_RQ()
-    message.primitive_to_message(request)
-    fragments = list(message.encode_msg(assoc.accepted_contexts[0].context_id, MAX_PDU))
-    for pdata in fragments[: len(fragments) // 2]:
-        assoc.dul.send_pdu(pdata)
+    """A C-STORE cut off halfway (``dimse_support.half_sent_c_store``), its partial file on disk."""
+    assoc = dimse_support.half_sent_c_store(listener.port, CT, "PDUFAULTS", MAX_PDU)
     assert wait_for(lambda: any(receiving.iterdir())), "the partial data set should be on disk"
     return assoc
 
