@@ -325,8 +325,9 @@ class BorrowedSocket:
     def read_pdu(self, timeout: float | None) -> bytes | None:
         """The next whole PDU, or None if none starts within ``timeout`` seconds (None: no limit).
 
-        A connection closed or failing is handed to the state machine (Evt17, as pynetdicom's
-        reader does) and raises ConnectionError.
+        A connection that closes, fails or stalls mid-PDU for ``network_timeout`` (Evt17), and a
+        PDU of an unknown type (Evt19), are handed to the state machine as pynetdicom's reader
+        hands them, and raise ConnectionError.
 
         The socket is put in quick-ACK mode first: DCMTK's tools write a response's PDU header
         and its command set in two writes and, without TCP_NODELAY in their environment (the
