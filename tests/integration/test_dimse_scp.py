@@ -24,7 +24,7 @@ from dimse_support import (
     stored,
     tool,
 )
-from pydicom.uid import generate_uid
+from pydicom.uid import UID, generate_uid
 from pynetdicom import evt
 
 CT = CORPUS / "modality" / "ct" / "CT_small.dcm"
@@ -326,3 +326,21 @@ def test_storescu_with_nagle_is_not_stalled_per_instance(listener: Listener, tmp
         assert result.returncode == 0, result.stderr
         assert all(stored(listener.archive, sop_instance_uid(f)) for f in files)
     assert seconds[False] - seconds[True] < STALL, seconds
+
+
+def test_each_association_gets_its_own_copy_of_the_supported_contexts(listener: Listener) -> None:
+    """The cheap copy (scp.CheaplyCopiedContext) still gives every association contexts of its own."""
+    accepted: list[Any] = []
+    listener.server.bind(evt.EVT_ESTABLISHED, lambda event: accepted.append(event.assoc))
+    for _ in range(2):
+        assert dcmtk("echoscu", "-aec", AE_TITLE, "127.0.0.1", listener.port).returncode == 0
+    assert len(accepted) == 2
+    first, second = (assoc.acceptor.supported_contexts for assoc in accepted)
+    server = listener.server.contexts
+    assert [(c.abstract_syntax, c.transfer_syntax) for c in first] == [
+        (c.abstract_syntax, c.transfer_syntax) for c in server
+    ]
+    assert all(a is not b and a.transfer_syntax is not b.transfer_syntax for a, b in zip(first, server, strict=True))
+    before = list(server[0].transfer_syntax)
+    first[0].transfer_syntax.append(UID("1.2.3.4"))  # one association changing its copy in place
+    assert second[0].transfer_syntax == server[0].transfer_syntax == before

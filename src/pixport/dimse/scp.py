@@ -8,6 +8,7 @@ selection for the storage sub-operations of C-GET); Storage Commitment Push Mode
 
 from __future__ import annotations
 
+import copy
 import socket
 import ssl
 import time
@@ -17,6 +18,7 @@ from typing import Any
 import structlog
 from pydicom.uid import AllTransferSyntaxes
 from pynetdicom import AE, _config, evt
+from pynetdicom.presentation import PresentationContext
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     PatientRootQueryRetrieveInformationModelFind,
     PatientRootQueryRetrieveInformationModelGet,
@@ -100,6 +102,19 @@ class ListenerServer(ThreadedAssociationServer):
         if self.ssl_context is not None:
             client_socket = self.ssl_context.wrap_socket(client_socket, server_side=True, do_handshake_on_connect=False)
         return client_socket, address
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        """Set up a plain TCP association on this thread; a TLS one on its own (its handshake).
+
+        pynetdicom starts a thread per connection only to create the association, which then
+        starts its own two threads: the extra thread cost 0.3 ms of the 2.7 ms from connect
+        to A-ASSOCIATE-AC.  Creating the association takes about a millisecond, during which
+        this process accepts nobody (its siblings still do).
+        """
+        if isinstance(request, ssl.SSLSocket):
+            super().process_request(request, client_address)
+            return
+        self.process_request_thread(request, client_address)
 
     def process_request_thread(self, request: Any, client_address: Any) -> None:
         if isinstance(request, ssl.SSLSocket) and not _tls_handshake(request, client_address, self.ae.acse_timeout):
@@ -194,4 +209,28 @@ def make_server(archive: Archive, settings: Settings, listen_socket: socket.sock
         server_class=server_class,
     )
     ae._servers.append(server)  # noqa: SLF001  as start_server does, so that shutdown() finds it
+    server.contexts = [CheaplyCopiedContext.of(context) for context in server.contexts]
     return server
+
+
+class CheaplyCopiedContext(PresentationContext):
+    """A supported presentation context whose deep copy is a copy of its fields.
+
+    pynetdicom deep-copies the server's supported contexts for every association it accepts;
+    ``copy.deepcopy`` took half of the association's creation (0.2-0.5 ms), walking each
+    context's UIDs as generic objects.  A context's fields are immutable but its transfer
+    syntax list, so that list is copied and the rest shared.
+    """
+
+    @classmethod
+    def of(cls, context: PresentationContext) -> CheaplyCopiedContext:
+        """The same context, as this class."""
+        copied = cls.__new__(cls)
+        copied.__dict__.update(context.__dict__)
+        copied._transfer_syntax = list(context._transfer_syntax)  # noqa: SLF001  the one mutable field
+        return copied
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> CheaplyCopiedContext:
+        copied = copy.copy(self)
+        copied._transfer_syntax = list(self._transfer_syntax)  # noqa: SLF001  the one mutable field
+        return copied
