@@ -32,14 +32,14 @@ class UnknownPduType(ValueError):
 
 
 def read_pdu(
-    transport: socket.socket, timeout: float | None, before_wait: Callable[[], None] | None = None
+    transport: socket.socket, timeout: float | None, before_wait: Callable[[socket.socket], None] | None = None
 ) -> bytearray:
     """The next PDU, header included.
 
     EOFError if the connection closes before it is whole, TimeoutError if no byte of it
     arrives for ``timeout`` seconds (None: no limit), UnknownPduType (its body left unread).
-    ``before_wait`` is called each time the rest has not arrived yet, before waiting for it
-    (the caller's quick ACK: a peer's next write may be held until what it sent is
+    ``before_wait(transport)`` is called each time the rest has not arrived yet, before waiting
+    for it (the caller's quick ACK: a peer's next write may be held until what it sent is
     acknowledged).
     """
     header = bytearray(PDU_HEADER.size)
@@ -63,7 +63,10 @@ def read_pdu(
 
 
 def _fill(
-    transport: socket.socket, view: memoryview, timeout: float | None, before_wait: Callable[[], None] | None
+    transport: socket.socket,
+    view: memoryview,
+    timeout: float | None,
+    before_wait: Callable[[socket.socket], None] | None,
 ) -> None:
     """Fill ``view`` from the socket; waits in ``select`` only when nothing is there yet."""
     while view:
@@ -71,7 +74,7 @@ def _fill(
             received = transport.recv_into(view, 0, socket.MSG_DONTWAIT)
         except BlockingIOError:
             if before_wait is not None:
-                before_wait()
+                before_wait(transport)
             ready, _, _ = select.select([transport], [], [], timeout)
             if not ready:
                 msg = f"no data from the peer for {timeout} s in the middle of a PDU"

@@ -36,7 +36,6 @@ reactor method.  That reaches into pynetdicom's internals, so the version is pin
 from __future__ import annotations
 
 import contextlib
-import functools
 import logging
 import queue
 import select
@@ -202,15 +201,8 @@ class EventDrivenDUL(DULServiceProvider):
                 transport.settimeout(self.network_timeout)
             super()._read_pdu_data()
             return
-        try:
-            pdu_data = read_pdu(transport, self.network_timeout, functools.partial(quick_ack, transport))
-        except UnknownPduType as exc:
-            LOGGER.error("Unknown PDU type received '0x%02X'", exc.pdu_type)  # noqa: TRY400  as pynetdicom
-            self.event_queue.put("Evt19")
-            return
-        except (OSError, EOFError, ValueError):  # TimeoutError is an OSError
-            LOGGER.error("Connection closed before the entire PDU was received")  # noqa: TRY400  as pynetdicom
-            self.event_queue.put("Evt17")
+        pdu_data = self.read_whole_pdu(transport)
+        if pdu_data is None:
             return
         try:
             pdu, event = self._decode_pdu(pdu_data)
@@ -220,6 +212,22 @@ class EventDrivenDUL(DULServiceProvider):
             return
         self.event_queue.put(event)
         self._recv_pdu.put(pdu)
+
+    def read_whole_pdu(self, transport: socket.socket) -> bytearray | None:
+        """The next PDU from a plain socket (``pdu_reader``); None once its fault is queued.
+
+        Faults become pynetdicom's events: Evt19 for an unknown PDU type, Evt17 for a
+        connection that closes, fails or stalls mid-PDU for ``network_timeout``.
+        """
+        try:
+            return read_pdu(transport, self.network_timeout, quick_ack)
+        except UnknownPduType as exc:
+            LOGGER.error("Unknown PDU type received '0x%02X'", exc.pdu_type)  # noqa: TRY400  as pynetdicom
+            self.event_queue.put("Evt19")
+        except (OSError, EOFError, ValueError):  # TimeoutError is an OSError
+            LOGGER.error("Connection closed before the entire PDU was received")  # noqa: TRY400  as pynetdicom
+            self.event_queue.put("Evt17")
+        return None
 
     def kill_dul(self) -> None:
         super().kill_dul()
@@ -340,15 +348,13 @@ class BorrowedSocket:
             ready, _, _ = select.select([self._transport], [], [], timeout)
             if not ready:
                 return None
-            data = read_pdu(self._transport, self._dul.network_timeout, self._quick_ack)
-        except UnknownPduType:
-            LOGGER.error("Unknown PDU type received")  # noqa: TRY400  as pynetdicom's reader
-            self._dul.event_queue.put("Evt19")
-            raise ConnectionError from None
-        except (OSError, ValueError, EOFError) as exc:  # TimeoutError is an OSError
+        except (OSError, ValueError) as exc:
             LOGGER.error("Connection closed before the entire PDU was received")  # noqa: TRY400  as pynetdicom
             self._dul.event_queue.put("Evt17")
             raise ConnectionError from exc
+        data = self._dul.read_whole_pdu(self._transport)
+        if data is None:
+            raise ConnectionError
         self._quick_ack()  # what was just read is acknowledged now, if it is not yet
         self._dul._idle_timer.restart()  # noqa: SLF001  as the DUL does for every PDU it reads
         return bytes(data)

@@ -8,7 +8,6 @@ selection for the storage sub-operations of C-GET); Storage Commitment Push Mode
 
 from __future__ import annotations
 
-import copy
 import socket
 import ssl
 import time
@@ -231,6 +230,4 @@ class CheaplyCopiedContext(PresentationContext):
         return copied
 
     def __deepcopy__(self, memo: dict[int, Any]) -> CheaplyCopiedContext:
-        copied = copy.copy(self)
-        copied._transfer_syntax = list(self._transfer_syntax)  # noqa: SLF001  the one mutable field
-        return copied
+        return self.of(self)
