@@ -53,6 +53,7 @@ from pydicom.uid import (
 )
 from pynetdicom import AE, _config, evt
 from pynetdicom.association import Association
+from pynetdicom.pdu_primitives import A_ASSOCIATE
 from pynetdicom.presentation import PresentationContext, StoragePresentationContexts, build_context, build_role
 from pynetdicom.status import code_to_category
 
@@ -235,7 +236,7 @@ def request_association(
         reason = "no TLS connection could be made (refused, unreachable, timed out, or the TLS handshake failed)"
     elif not connected:
         reason = "no connection could be made (refused, unreachable or timed out)"
-    elif assoc.is_rejected:
+    elif _was_rejected(assoc):
         reason = "it rejected the association"
     elif assoc.is_aborted and context is not None:
         # TLS 1.3: a refused client certificate is only seen on the first read after the handshake.
@@ -246,6 +247,20 @@ def request_association(
         reason = "the association could not be established"
     msg = f"DICOM peer {describe(remote)} is unavailable: {reason}"
     raise PeerUnavailable(msg)
+
+
+def _was_rejected(assoc: Association) -> bool:
+    """Whether the peer answered A-ASSOCIATE-RJ, even where pynetdicom reports an abort.
+
+    pynetdicom's requestor checks that the socket is connected only after it has sent the
+    request; a peer that rejects and closes at once (DCMTK's dcmqrscp does) can have its
+    A-ASSOCIATE-RJ read and the connection closed by then, and pynetdicom aborts without
+    looking at the answer, which still waits, unread, among the primitives for the user.
+    """
+    if assoc.is_rejected:
+        return True
+    waiting = list(assoc.dul.to_user_queue.queue)
+    return any(isinstance(primitive, A_ASSOCIATE) and primitive.result in {0x01, 0x02} for primitive in waiting)
 
 
 def _close_transport(assoc: Association) -> None:
