@@ -205,6 +205,35 @@ def test_rejected_association_raises_peer_unavailable(tmp_path: Path, settings: 
             scu.echo(settings, wrong)
 
 
+def test_a_peer_rejecting_and_closing_at_once_is_reported_as_rejecting(settings: DimseSettings) -> None:
+    """A-ASSOCIATE-RJ and the connection's close arrive together, fifty times over.
+
+    pynetdicom's requestor looks at the socket only after its request is sent; by then our DUL
+    has often read the rejection and the close already, and pynetdicom reports an abort.
+    """
+    rejection = bytes((0x03, 0, 0, 0, 0, 4, 0, 0x01, 0x01, 0x07))  # permanent, called AE title not recognised
+    listening = socket.create_server(("127.0.0.1", 0))
+    rounds = 50
+
+    def reject_all() -> None:
+        for _ in range(rounds):
+            connection, _ = listening.accept()
+            with connection:
+                connection.recv(65536)  # the A-ASSOCIATE-RQ (one read is enough on loopback)
+                connection.sendall(rejection)
+
+    peer = threading.Thread(target=reject_all, daemon=True)
+    peer.start()
+    try:
+        remote = RemoteNode(ae_title="REJECTER", host="127.0.0.1", port=listening.getsockname()[1])
+        for _ in range(rounds):
+            with pytest.raises(PeerUnavailable, match="rejected the association"):
+                scu.echo(settings, remote)
+    finally:
+        peer.join(10)
+        listening.close()
+
+
 def test_send_opens_a_new_association_after_an_abort(settings: DimseSettings) -> None:
     """A scripted peer (pynetdicom) aborts on the first C-STORE it receives, then accepts."""
     received: list[str] = []
