@@ -31,6 +31,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 
 from pixport.archive.node import Archive
 from pixport.config import Settings
+from pixport.dimse.acceptor import AcceptorSlot
 from pixport.dimse.commitment import STORAGE_COMMITMENT_PUSH_MODEL, handle_n_action
 from pixport.dimse.find import handle_c_find
 from pixport.dimse.network import NODELAY_HANDLERS, configure_pynetdicom, server_ssl_context
@@ -65,14 +66,44 @@ class ListenerServer(ThreadedAssociationServer):
 
     shared_socket: socket.socket | None = None
 
-    def service_actions(self) -> None:
-        """Nothing between requests: pynetdicom's forced ``gc.collect()`` every 60 is left out.
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.acceptors = AcceptorSlot(self)  # before pynetdicom's __init__, which binds handlers
+        super().__init__(*args, **kwargs)
 
-        A full collection of a listener's heap takes about 35 ms with the GIL held, stalling
-        every association of the process (a C-FIND, C-STOREs in flight).  Python's own
-        collector still frees dead associations' reference cycles, and ``serve`` freezes the
-        objects made at start-up so that its full collections stay short.
+    def service_actions(self) -> None:
+        """Make an acceptor ready while the process is idle; nothing else between requests.
+
+        pynetdicom's forced ``gc.collect()`` every 60 requests is left out.  A full
+        collection of a listener's heap takes about 35 ms with the GIL held, stalling every
+        association of the process (a C-FIND, C-STOREs in flight).  Python's own collector
+        still frees dead associations' reference cycles, and ``serve`` freezes the objects
+        made at start-up so that its full collections stay short.
+
+        This runs after every accepted connection too: an acceptor is made here only when no
+        association is active, so that making it never competes with one for the GIL.
         """
+        if not self.active_associations:
+            self.acceptors.fill()
+
+    def finish_request(self, request: Any, client_address: Any) -> None:
+        """Hand the connection to the acceptor made ready for it (``acceptor.py``)."""
+        self.acceptors.take().attach(request, client_address)
+
+    def association_ended(self) -> None:
+        """Called on an association's thread once its peer has had its last answer."""
+        self.acceptors.fill()
+
+    def bind(self, event: Any, handler: Any, args: Any = None) -> None:
+        super().bind(event, handler, args)
+        self.acceptors.empty()  # the ready one lacks this binding
+
+    def unbind(self, event: Any, handler: Any) -> None:
+        super().unbind(event, handler)
+        self.acceptors.empty()
+
+    def server_close(self) -> None:
+        self.acceptors.empty(close=True)
+        super().server_close()
 
     def server_bind(self) -> None:
         if self.shared_socket is None:
@@ -103,12 +134,11 @@ class ListenerServer(ThreadedAssociationServer):
         return client_socket, address
 
     def process_request(self, request: Any, client_address: Any) -> None:
-        """Set up a plain TCP association on this thread; a TLS one on its own (its handshake).
+        """Hand a plain TCP connection over on this thread; a TLS one on its own (its handshake).
 
         pynetdicom starts a thread per connection only to create the association, which then
         starts its own two threads: the extra thread cost 0.3 ms of the 2.7 ms from connect
-        to A-ASSOCIATE-AC.  Creating the association takes about a millisecond, during which
-        this process accepts nobody (its siblings still do).
+        to A-ASSOCIATE-AC.
         """
         if isinstance(request, ssl.SSLSocket):
             super().process_request(request, client_address)

@@ -1,0 +1,130 @@
+"""Acceptors made ready before their connections (pixport.dimse.acceptor) in a real listener."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from dimse_support import AE_TITLE, Listener, dcmtk, start_listener
+from pynetdicom import AE, evt
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+
+from pixport.dimse import reactor
+from pixport.dimse.acceptor import WAITING_NAME, ReadyAcceptor
+from pixport.dimse.network import configure_pynetdicom
+
+
+@pytest.fixture
+def listener(tmp_path: Path) -> Iterator[Listener]:
+    yield from start_listener(tmp_path)
+
+
+def wait_for_ready(listener: Listener) -> ReadyAcceptor:
+    """The listener's ready acceptor, once it has one (made while idle, within about 0.5 s)."""
+    for _ in range(200):
+        ready: ReadyAcceptor | None = listener.server.acceptors.ready
+        if ready is not None:
+            return ready
+        threading.Event().wait(0.025)
+    pytest.fail("the listener made no acceptor ready while idle")
+
+
+def requestor() -> AE:
+    configure_pynetdicom()
+    ae = AE(ae_title="ACCEPTORTEST")
+    ae.add_requested_context(Verification)
+    return ae
+
+
+def test_an_idle_listener_makes_an_acceptor_ready_that_no_one_counts_as_busy(listener: Listener) -> None:
+    ready = wait_for_ready(listener)
+    assert ready.is_alive()
+    assert ready.dul.is_alive()  # both threads started, waiting
+    assert ready.name == WAITING_NAME
+    assert listener.server.active_associations == []  # no "busy" delay before accepting
+
+
+def test_the_next_connection_is_served_by_the_ready_acceptor(listener: Listener) -> None:
+    ready = wait_for_ready(listener)
+    assoc = requestor().associate("127.0.0.1", listener.port, ae_title=AE_TITLE)
+    try:
+        assert assoc.is_established
+        assert listener.server.active_associations == [ready]
+        assert ready.is_established
+        assert ready.requestor.ae_title == "ACCEPTORTEST"
+        assert assoc.send_c_echo().Status == 0
+    finally:
+        assoc.release()
+    ready.join(10)
+    assert not ready.is_alive()
+    assert not ready.dul.is_alive()
+
+
+def test_an_association_that_ends_leaves_the_next_acceptor_ready(listener: Listener) -> None:
+    first = wait_for_ready(listener)
+    for _ in range(3):
+        result = dcmtk("echoscu", "-aec", AE_TITLE, "127.0.0.1", str(listener.port))
+        assert result.returncode == 0, result.stderr
+    first.join(10)
+    following = wait_for_ready(listener)
+    assert following is not first
+    assert following.name == WAITING_NAME
+
+
+def test_the_ae_timeouts_in_force_at_connection_apply(listener: Listener) -> None:
+    """An acceptor made ready earlier takes the AE's timeouts as they are when a caller connects."""
+    ready = wait_for_ready(listener)
+    listener.server.ae.network_timeout = 17
+    listener.server.ae.dimse_timeout = 19
+    assoc = requestor().associate("127.0.0.1", listener.port, ae_title=AE_TITLE)
+    try:
+        assert listener.server.active_associations == [ready]
+        assert ready.network_timeout == 17
+        assert ready.dimse_timeout == 19
+    finally:
+        assoc.release()
+
+
+def test_a_handler_bound_after_the_acceptor_was_made_is_called(listener: Listener) -> None:
+    old = wait_for_ready(listener)
+    established: list[object] = []
+    listener.server.bind(evt.EVT_ESTABLISHED, lambda event: established.append(event.assoc))
+    old.join(10)
+    assert not old.is_alive()  # the ready one, without the binding, was discarded
+    assoc = requestor().associate("127.0.0.1", listener.port, ae_title=AE_TITLE)
+    try:
+        assert assoc.is_established
+    finally:
+        assoc.release()
+    assert len(established) == 1
+    assert established[0] is not old
+
+
+def test_closing_the_listener_ends_its_ready_acceptor(tmp_path: Path) -> None:
+    started = start_listener(tmp_path)
+    listener = next(started)
+    ready = wait_for_ready(listener)
+    with pytest.raises(StopIteration):
+        next(started)  # shutdown and server_close
+    ready.join(10)
+    ready.dul.join(10)
+    assert not ready.is_alive()
+    assert not ready.dul.is_alive()
+    assert isinstance(ready.dul, reactor.EventDrivenDUL)
+    assert ready.dul._wake_receive is None  # its socket pair is closed
+    assert listener.server.acceptors.ready is None
+    assert not [t for t in threading.enumerate() if t.name == WAITING_NAME and t is ready]
+
+
+def test_an_association_ends_without_polling_for_its_dul(listener: Listener, monkeypatch: pytest.MonkeyPatch) -> None:
+    """pynetdicom looks every 10 ms for the DUL's return to idle; here it is woken when it does."""
+    monkeypatch.setattr(reactor, "KILL_CHECK", 3600.0)  # a poll would outlast the test
+    ready = wait_for_ready(listener)
+    assoc = requestor().associate("127.0.0.1", listener.port, ae_title=AE_TITLE)
+    assert assoc.is_established
+    assoc.release()
+    ready.join(30)
+    assert not ready.is_alive()
+    assert ready.is_released
