@@ -217,3 +217,24 @@ def test_no_borrowing_where_handlers_watch_what_is_received(listener: Listener) 
         assert seen
     finally:
         assoc.release()
+
+
+def test_answers_to_association_and_release_requests_are_sent_by_the_association_thread(listener: Listener) -> None:
+    """A-ASSOCIATE-AC and A-RELEASE-RP go out from the association's thread, not via a DUL wake-up."""
+    sent: list[tuple[str, bool]] = []
+
+    def record(event: Any) -> None:
+        sent.append((type(event.pdu).__name__, threading.current_thread() is event.assoc))
+
+    listener.server.bind(evt.EVT_PDU_SENT, record)
+    configure_pynetdicom()
+    ae = AE(ae_title="REACTORTEST")
+    ae.add_requested_context(Verification)
+    assoc = ae.associate("127.0.0.1", listener.port, ae_title=AE_TITLE)
+    assert assoc.is_established
+    assoc.release()
+    for _ in range(100):
+        if len(sent) >= 2:
+            break
+        threading.Event().wait(0.05)
+    assert sent == [("A_ASSOCIATE_AC", True), ("A_RELEASE_RP", True)]
