@@ -17,5 +17,17 @@ def test_no_forced_full_collection_between_requests(monkeypatch: pytest.MonkeyPa
     due = SimpleNamespace(_gc=[59, 59])  # pynetdicom's counter when its 60th request is served
     AssociationServer.service_actions(due)  # type: ignore[arg-type]
     assert collections == [2]  # what pynetdicom does: the premise of the override
-    ListenerServer.service_actions(SimpleNamespace(_gc=[59, 59]))  # type: ignore[arg-type]
+    filled: list[bool] = []
+    idle = SimpleNamespace(
+        _gc=[59, 59], active_associations=[], acceptors=SimpleNamespace(fill=lambda: filled.append(True))
+    )
+    ListenerServer.service_actions(idle)  # type: ignore[arg-type]
     assert collections == [2]
+    assert filled == [True]  # what it does instead while idle: an acceptor made ready (acceptor.py)
+
+
+def test_no_acceptor_is_made_between_requests_while_an_association_is_active() -> None:
+    filled: list[bool] = []
+    busy = SimpleNamespace(active_associations=[object()], acceptors=SimpleNamespace(fill=lambda: filled.append(True)))
+    ListenerServer.service_actions(busy)  # type: ignore[arg-type]
+    assert filled == []
