@@ -8,7 +8,8 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
 from pixport.errors import ConfigurationError
-from pixport.storage.sql import SqlIndexStore, metadata
+from pixport.storage.schema import metadata
+from pixport.storage.sql import SqlIndexStore
 
 POOL_SIZE = 10
 MAX_OVERFLOW = 10

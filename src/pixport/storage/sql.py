@@ -1,8 +1,7 @@
 """The index on SQLAlchemy Core: one schema and one implementation for SQLite and PostgreSQL.
 
-The backends differ only in how they are connected (``sqlite.py``, ``postgres.py``).
-Counts and ModalitiesInStudy are computed for each result page, never stored, so they cannot
-drift from the rows they count.
+The backends differ only in how they are connected (``sqlite.py``, ``postgres.py``).  The
+tables are in ``schema.py``, the search statements in ``search_sql.py``.
 """
 
 from __future__ import annotations
@@ -12,37 +11,22 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
-import orjson
 from sqlalchemy import (
-    BigInteger,
     Column,
-    ColumnElement,
     Engine,
-    ForeignKey,
-    Index,
-    Integer,
-    LargeBinary,
-    MetaData,
     Select,
-    String,
     Table,
-    Text,
-    and_,
-    exists,
     func,
-    or_,
     select,
 )
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
-from sqlalchemy.ext.compiler import compiles
-from sqlalchemy.sql.functions import FunctionElement
 
-from pixport.dicom.names import normalize, search_forms
-from pixport.errors import BadQuery, OutOfResources, StorageUnavailable
+from pixport.dicom.names import search_forms
+from pixport.errors import OutOfResources, StorageUnavailable
+from pixport.storage import search_sql
 from pixport.storage.base import (
     Conflict,
-    Match,
     NewInstance,
     Outcome,
     Query,
@@ -50,141 +34,7 @@ from pixport.storage.base import (
     StoredInstance,
     StudyActivity,
 )
-
-metadata = MetaData()
-
-studies = Table(
-    "studies",
-    metadata,
-    Column("pk", Integer, primary_key=True),
-    Column("study_instance_uid", String(64), nullable=False, unique=True),
-    Column("patient_id", Text),
-    Column("issuer_of_patient_id", Text),
-    Column("patient_name_groups", Text),
-    Column("patient_name_tokens", Text),
-    Column("patient_birth_date", String(16)),
-    Column("patient_sex", String(16)),
-    Column("study_date", String(16)),
-    Column("study_time", String(32)),
-    Column("accession_number", Text),
-    Column("study_id", Text),
-    Column("study_description", Text),
-    Column("referring_physician_name_groups", Text),
-    Column("referring_physician_name_tokens", Text),
-    Column("study_json", LargeBinary, nullable=False),
-    Column("created_at", String(32), nullable=False),
-)
-Index("ix_studies_patient_id", studies.c.patient_id)
-Index("ix_studies_study_date", studies.c.study_date)
-Index("ix_studies_accession_number", studies.c.accession_number)
-
-series = Table(
-    "series",
-    metadata,
-    Column("pk", Integer, primary_key=True),
-    Column("series_instance_uid", String(64), nullable=False, unique=True),
-    Column("study_pk", Integer, ForeignKey("studies.pk"), nullable=False),
-    Column("modality", String(16)),
-    Column("series_number", Integer),
-    Column("series_description", Text),
-    Column("series_date", String(16)),
-    Column("body_part_examined", Text),
-    Column("performed_procedure_step_start_date", String(16)),
-    Column("performed_procedure_step_start_time", String(32)),
-    Column("series_json", LargeBinary, nullable=False),
-)
-Index("ix_series_study_pk", series.c.study_pk)
-Index("ix_series_modality", series.c.modality)
-
-instances = Table(
-    "instances",
-    metadata,
-    Column("pk", Integer, primary_key=True),
-    Column("sop_instance_uid", String(64), nullable=False, unique=True),
-    Column("series_pk", Integer, ForeignKey("series.pk"), nullable=False),
-    Column("study_pk", Integer, ForeignKey("studies.pk"), nullable=False),
-    Column("sop_class_uid", String(64), nullable=False),
-    Column("instance_number", Integer),
-    Column("number_of_frames", Integer),
-    Column("rows", Integer),
-    Column("columns", Integer),
-    Column("transfer_syntax_uid", String(64), nullable=False),
-    Column("digest", String(64), nullable=False),
-    Column("size", BigInteger, nullable=False),
-    Column("instance_json", LargeBinary, nullable=False),
-    Column("metadata_json", LargeBinary, nullable=False),
-    Column("source", Text, nullable=False),
-    Column("received_at", String(32), nullable=False),
-)
-Index("ix_instances_series_pk", instances.c.series_pk, instances.c.instance_number)
-Index("ix_instances_study_pk", instances.c.study_pk)
-Index("ix_instances_digest", instances.c.digest)
-
-conflicts = Table(
-    "conflicts",
-    metadata,
-    Column("pk", Integer, primary_key=True),
-    Column("sop_instance_uid", String(64), nullable=False),
-    Column("stored_digest", String(64), nullable=False),
-    Column("offered_digest", String(64), nullable=False),
-    Column("source", Text, nullable=False),
-    Column("received_at", String(32), nullable=False),
-)
-
-STUDY_COLUMNS: dict[str, ColumnElement[Any]] = {
-    "study_instance_uid": studies.c.study_instance_uid,
-    "patient_id": studies.c.patient_id,
-    "issuer_of_patient_id": studies.c.issuer_of_patient_id,
-    "patient_name": studies.c.patient_name_groups,
-    "patient_birth_date": studies.c.patient_birth_date,
-    "patient_sex": studies.c.patient_sex,
-    "study_date": studies.c.study_date,
-    "study_time": studies.c.study_time,
-    "accession_number": studies.c.accession_number,
-    "study_id": studies.c.study_id,
-    "study_description": studies.c.study_description,
-    "referring_physician_name": studies.c.referring_physician_name_groups,
-}
-SERIES_COLUMNS: dict[str, ColumnElement[Any]] = {
-    "series_instance_uid": series.c.series_instance_uid,
-    "modality": series.c.modality,
-    "series_number": series.c.series_number,
-    "series_description": series.c.series_description,
-    "series_date": series.c.series_date,
-    "body_part_examined": series.c.body_part_examined,
-    "performed_procedure_step_start_date": series.c.performed_procedure_step_start_date,
-    "performed_procedure_step_start_time": series.c.performed_procedure_step_start_time,
-}
-INSTANCE_COLUMNS: dict[str, ColumnElement[Any]] = {
-    "sop_instance_uid": instances.c.sop_instance_uid,
-    "sop_class_uid": instances.c.sop_class_uid,
-    "instance_number": instances.c.instance_number,
-    "number_of_frames": instances.c.number_of_frames,
-}
-TOKEN_COLUMNS: dict[str, ColumnElement[Any]] = {
-    "patient_name": studies.c.patient_name_tokens,
-    "referring_physician_name": studies.c.referring_physician_name_tokens,
-}
-INTEGER_ATTRIBUTES = frozenset({"series_number", "instance_number", "number_of_frames"})
-TIME_ATTRIBUTES = frozenset({"study_time", "performed_procedure_step_start_time"})
-
-
-class json_array(FunctionElement[Any]):  # noqa: N801  named as SQL functions are
-    """Aggregate: the group's values (NULLs included) as the text of a JSON array, or NULL."""
-
-    type = Text()
-    name = "json_array"
-    inherit_cache = True
-
-
-@compiles(json_array, "sqlite")
-def _json_array_sqlite(element: json_array, compiler: Any, **kw: Any) -> str:
-    return f"json_group_array({compiler.process(element.clauses, **kw)})"
-
-
-@compiles(json_array, "postgresql")
-def _json_array_postgresql(element: json_array, compiler: Any, **kw: Any) -> str:
-    return f"CAST(json_agg({compiler.process(element.clauses, **kw)}) AS TEXT)"
+from pixport.storage.schema import conflicts, instances, metadata, series, studies
 
 
 def _now() -> str:
@@ -194,12 +44,6 @@ def _now() -> str:
 def _received_at(moment: dt.datetime) -> str:
     """The stored form of a reception time: ISO 8601 in UTC to the microsecond, which sorts as text."""
     return moment.astimezone(dt.UTC).isoformat(timespec="microseconds")
-
-
-def like_pattern(value: str) -> str:
-    """DICOM wildcards to a SQL LIKE pattern, backslash being the escape character."""
-    escaped = value.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-    return escaped.replace("*", "%").replace("?", "_")
 
 
 InsertFactory = Callable[[Table], Any]
@@ -443,181 +287,7 @@ class SqlIndexStore:
 
     def search(self, query: Query) -> list[QueryRow]:
         with self._errors(), self.engine.connect() as conn:
-            if query.level == "study":
-                return self._search_studies(conn, query)
-            if query.level == "series":
-                return self._search_series(conn, query)
-            return self._search_instances(conn, query)
-
-    def _conditions(self, query: Query) -> list[ColumnElement[bool]]:
-        columns: dict[str, ColumnElement[Any]] = dict(STUDY_COLUMNS)
-        if query.level in {"series", "instance"}:
-            columns.update(SERIES_COLUMNS)
-        if query.level == "instance":
-            columns.update(INSTANCE_COLUMNS)
-        conditions: list[ColumnElement[bool]] = []
-        if query.study_instance_uid is not None:
-            conditions.append(studies.c.study_instance_uid == query.study_instance_uid)
-        if query.series_instance_uid is not None:
-            conditions.append(series.c.series_instance_uid == query.series_instance_uid)
-        for match in query.matches:
-            if match.attribute == "modalities_in_study":
-                conditions.append(self._modalities_condition(match))
-                continue
-            column = columns.get(match.attribute)
-            if column is None:
-                msg = f"{match.attribute} cannot be matched at {query.level} level"
-                raise BadQuery(msg)
-            conditions.append(self._condition(match, column))
-        return conditions
-
-    @staticmethod
-    def _condition(match: Match, column: ColumnElement[Any]) -> ColumnElement[bool]:
-        value = match.value
-        if match.attribute in INTEGER_ATTRIBUTES and match.kind in {"single", "uids"}:
-            try:
-                value = int(value) if match.kind == "single" else [int(v) for v in value]
-            except ValueError as exc:
-                msg = f"{match.attribute} must be a number"
-                raise BadQuery(msg) from exc
-        if match.kind == "single":
-            equal: ColumnElement[bool] = column == value
-            return equal
-        if match.kind == "uids":
-            return column.in_(list(value))
-        if match.kind == "wildcard":
-            return column.like(like_pattern(value), escape="\\")
-        if match.kind == "range":
-            low, high = value
-            parts: list[ColumnElement[bool]] = []
-            if low:
-                parts.append(column >= low)
-            if high:
-                parts.append(column <= (high + "~" if match.attribute in TIME_ATTRIBUTES else high))
-            return and_(*parts)
-        if match.kind in {"name", "fuzzy"}:
-            value = normalize(value)  # idempotent: callers need not have done it
-        if match.kind == "name":
-            groups = [g for g in value.split("=") if g]
-            return or_(*(column.like("%=" + like_pattern(g) + "=%", escape="\\") for g in groups))
-        if match.kind == "fuzzy":
-            tokens_column = TOKEN_COLUMNS[match.attribute]
-            words = [w for w in value.replace("^", " ").replace("=", " ").split() if w]
-            return and_(*(tokens_column.like("% " + like_pattern(w) + "%", escape="\\") for w in words))
-        msg = f"unknown match kind {match.kind}"
-        raise BadQuery(msg)
-
-    @staticmethod
-    def _modalities_condition(match: Match) -> ColumnElement[bool]:
-        values = list(match.value) if match.kind == "uids" else [match.value]
-        if match.kind == "wildcard":
-            cond = series.c.modality.like(like_pattern(match.value), escape="\\")
-        else:
-            cond = series.c.modality.in_(values)
-        return exists(select(series.c.pk).where(series.c.study_pk == studies.c.pk, cond))
-
-    def _page(self, stmt: Select[Any], query: Query) -> Select[Any]:
-        return stmt.limit(query.limit).offset(query.offset)
-
-    def _search_studies(self, conn: Connection, query: Query) -> list[QueryRow]:
-        """One statement: the page of studies, then each one's series modalities and instance count.
-
-        The correlated subqueries run for the page's rows only.
-        """
-        page = self._page(
-            select(studies.c.pk, studies.c.study_instance_uid, studies.c.study_json)
-            .where(*self._conditions(query))
-            .order_by(studies.c.pk),
-            query,
-        ).subquery("page")
-        series_modalities = select(json_array(series.c.modality)).where(series.c.study_pk == page.c.pk)
-        instance_count = select(func.count()).select_from(instances).where(instances.c.study_pk == page.c.pk)
-        stmt = select(
-            page.c.study_instance_uid,
-            page.c.study_json,
-            series_modalities.scalar_subquery(),
-            instance_count.scalar_subquery(),
-        ).order_by(page.c.pk)
-        results = []
-        for study_instance_uid, study_json, series_modalities, number_of_instances in conn.execute(stmt):
-            # One value per series, NULLs too ([] in SQLite, NULL in PostgreSQL when there is none).
-            modalities: list[str | None] = orjson.loads(series_modalities) if series_modalities else []
-            results.append(
-                QueryRow(
-                    study_instance_uid=study_instance_uid,
-                    series_instance_uid=None,
-                    sop_instance_uid=None,
-                    documents=[study_json],
-                    modalities_in_study=sorted({m for m in modalities if m}),
-                    number_of_series=len(modalities),
-                    number_of_instances=number_of_instances,
-                )
-            )
-        return results
-
-    def _search_series(self, conn: Connection, query: Query) -> list[QueryRow]:
-        """One statement: the page of series, then per series its instance count."""
-        page = self._page(
-            select(
-                series.c.pk,
-                studies.c.study_instance_uid,
-                series.c.series_instance_uid,
-                studies.c.study_json,
-                series.c.series_json,
-            )
-            .join(studies, series.c.study_pk == studies.c.pk)
-            .where(*self._conditions(query))
-            .order_by(series.c.pk),
-            query,
-        ).subquery("page")
-        instance_count = select(func.count()).select_from(instances).where(instances.c.series_pk == page.c.pk)
-        stmt = select(
-            page.c.study_instance_uid,
-            page.c.series_instance_uid,
-            page.c.study_json,
-            page.c.series_json,
-            instance_count.scalar_subquery(),
-        ).order_by(page.c.pk)
-        return [
-            QueryRow(
-                study_instance_uid=study_instance_uid,
-                series_instance_uid=series_instance_uid,
-                sop_instance_uid=None,
-                documents=[study_json, series_json],
-                number_of_instances=number_of_instances,
-            )
-            for study_instance_uid, series_instance_uid, study_json, series_json, number_of_instances in conn.execute(
-                stmt
-            )
-        ]
-
-    def _search_instances(self, conn: Connection, query: Query) -> list[QueryRow]:
-        stmt = (
-            select(
-                studies.c.study_instance_uid,
-                series.c.series_instance_uid,
-                instances.c.sop_instance_uid,
-                studies.c.study_json,
-                series.c.series_json,
-                instances.c.instance_json,
-            )
-            .select_from(
-                instances.join(series, instances.c.series_pk == series.c.pk).join(
-                    studies, instances.c.study_pk == studies.c.pk
-                )
-            )
-            .where(*self._conditions(query))
-            .order_by(instances.c.series_pk, instances.c.instance_number, instances.c.pk)
-        )
-        return [
-            QueryRow(
-                study_instance_uid=r.study_instance_uid,
-                series_instance_uid=r.series_instance_uid,
-                sop_instance_uid=r.sop_instance_uid,
-                documents=[r.study_json, r.series_json, r.instance_json],
-            )
-            for r in conn.execute(self._page(stmt, query))
-        ]
+            return search_sql.search(conn, query)
 
     def _scope(
         self, columns: Sequence[Any], study_uid: str, series_uid: str | None, sop_uid: str | None
