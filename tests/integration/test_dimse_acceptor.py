@@ -11,6 +11,7 @@ from dimse_support import AE_TITLE, Listener, dcmtk, start_listener
 from pynetdicom import AE, evt
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
+from pixport.dimse import acceptor as acceptor_module
 from pixport.dimse import reactor
 from pixport.dimse.acceptor import WAITING_NAME, ReadyAcceptor
 from pixport.dimse.network import configure_pynetdicom
@@ -128,3 +129,33 @@ def test_an_association_ends_without_polling_for_its_dul(listener: Listener, mon
     ready.join(30)
     assert not ready.is_alive()
     assert ready.is_released
+
+
+def test_a_connection_that_cannot_be_attached_ends_its_acceptor(
+    listener: Listener, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A failure while handing over the connection leaves no acceptor waiting forever."""
+    ready = wait_for_ready(listener)
+    original = acceptor_module.AssociationSocket
+    failures: list[bool] = []
+
+    def failing_once(*args: object, **kwargs: object) -> object:
+        if not failures:
+            failures.append(True)
+            raise OSError("the socket went away")
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(acceptor_module, "AssociationSocket", failing_once)
+    refused = requestor().associate("127.0.0.1", listener.port, ae_title=AE_TITLE)
+    assert not refused.is_established
+    if refused.dul.socket is not None:
+        refused.dul.socket.close()  # pynetdicom's requestor leaves it open when the peer hangs up
+    ready.join(10)
+    ready.dul.join(10)
+    assert not ready.is_alive()
+    assert not ready.dul.is_alive()
+    assoc = requestor().associate("127.0.0.1", listener.port, ae_title=AE_TITLE)
+    try:
+        assert assoc.is_established  # the next caller is served
+    finally:
+        assoc.release()

@@ -87,7 +87,12 @@ class ListenerServer(ThreadedAssociationServer):
 
     def finish_request(self, request: Any, client_address: Any) -> None:
         """Hand the connection to the acceptor made ready for it (``acceptor.py``)."""
-        self.acceptors.take().attach(request, client_address)
+        acceptor = self.acceptors.take()
+        try:
+            acceptor.attach(request, client_address)
+        except BaseException:
+            acceptor.discard()  # its threads end; socketserver closes the connection
+            raise
 
     def association_ended(self) -> None:
         """Called on an association's thread once its peer has had its last answer."""
