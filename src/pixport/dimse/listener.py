@@ -73,13 +73,6 @@ def serve(settings: Settings) -> None:
     shared = socket.socket(fileno=int(inherited)) if inherited else None
     server = make_server(archive, settings, listen_socket=shared)
     log = structlog.get_logger(__name__)
-    log.info(
-        "dimse.listening",
-        ae_title=settings.dimse.ae_title,
-        host=settings.dimse.host,
-        port=server.server_address[1],
-        pid=os.getpid(),
-    )
 
     def stop(signum: int, frame: FrameType | None) -> None:  # noqa: ARG001
         raise KeyboardInterrupt
@@ -94,6 +87,16 @@ def serve(settings: Settings) -> None:
     # out of the collector's sight, a full collection no longer walks ~85,000 objects.
     gc.collect()
     gc.freeze()
+    server.acceptors.fill()  # after the freeze: its objects are freed when it has served
+    # Said when this process is about to accept (a full collection and the first acceptor
+    # take tens of milliseconds in a fresh process): a sibling process, or a test, counts on it.
+    log.info(
+        "dimse.listening",
+        ae_title=settings.dimse.ae_title,
+        host=settings.dimse.host,
+        port=server.server_address[1],
+        pid=os.getpid(),
+    )
     try:
         server.serve_forever()
     except KeyboardInterrupt:

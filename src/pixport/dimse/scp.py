@@ -70,6 +70,15 @@ class ListenerServer(ThreadedAssociationServer):
         self.acceptors = AcceptorSlot(self)  # before pynetdicom's __init__, which binds handlers
         super().__init__(*args, **kwargs)
 
+    def serve_forever(self, poll_interval: float = 0.5) -> None:
+        """Serve, with an acceptor made ready first (``serve`` has made it already).
+
+        Not on the first idle look, half a second in, when a sibling process may be counting
+        on this one to accept while it is busy.
+        """
+        self.acceptors.fill()
+        super().serve_forever(poll_interval)
+
     def service_actions(self) -> None:
         """Make an acceptor ready while the process is idle; nothing else between requests.
 
