@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -146,10 +147,8 @@ def test_a_connection_that_cannot_be_attached_ends_its_acceptor(
         return original(*args, **kwargs)
 
     monkeypatch.setattr(acceptor_module, "AssociationSocket", failing_once)
-    refused = requestor().associate("127.0.0.1", listener.port, ae_title=AE_TITLE)
-    assert not refused.is_established
-    if refused.dul.socket is not None:
-        refused.dul.socket.close()  # pynetdicom's requestor leaves it open when the peer hangs up
+    with socket.create_connection(("127.0.0.1", listener.port), timeout=10) as refused:
+        assert refused.recv(1) == b""  # closed without a word
     ready.join(10)
     ready.dul.join(10)
     assert not ready.is_alive()
