@@ -72,10 +72,14 @@ class ReadyAcceptor(Association):
     def is_attached(self) -> bool:
         return self._connected.is_set() and not self._discarded
 
-    def run_reactor(self) -> None:
-        """Start the DUL, wait for a connection, then run as pynetdicom's acceptor."""
+    def start(self) -> None:
+        """Start both threads: the DUL's here, so that both run once this returns."""
         self.dul.start()
-        self._started_dul = True
+        self._started_dul = True  # pynetdicom's run_reactor would start it otherwise
+        super().start()
+
+    def run_reactor(self) -> None:
+        """Wait for a connection, then run as pynetdicom's acceptor."""
         self._dul_ready.wait()
         self._connected.wait()
         if self._discarded:
