@@ -23,10 +23,10 @@ from starlette.routing import Route
 
 from pixport.errors import BadQuery, NotFound
 from pixport.gateway.node import Gateway
+from pixport.relay_protocol import GATEWAY_DICOMWEB, RELAY_BASE_HEADER
 
-PREFIX = "/hub-access/dicomweb"
+PREFIX = GATEWAY_DICOMWEB
 STUDY_SCOPE = "/studies/{study}"
-RELAY_BASE_HEADER = "pixport-relay-base"
 Handler = Callable[[Request], Awaitable[Response]]
 
 

@@ -55,14 +55,13 @@ from pixport.hub.institutions import Actor
 from pixport.hub.node import OPERATOR_SUBJECT, Hub
 from pixport.hub.registry import RegisteredManifest
 from pixport.hub.relay_cache import Admission, CacheFill, RelayCache, cache_directives, wants_as_stored
+from pixport.relay_protocol import GATEWAY_DICOMWEB, RELAY_BASE_HEADER
 from pixport.trust.assertions import authorization_header
 from pixport.trust.directory import InstitutionEntry
 
 log = structlog.get_logger("pixport.hub")
 MAX_MANIFEST_BYTES = 64 * 1024 * 1024
 JOSE = "application/jose"
-GATEWAY_DICOMWEB = "/hub-access/dicomweb"
-RELAY_BASE_HEADER = "pixport-relay-base"  # the DICOMweb root that URIs in relayed answers name
 PASSED_ON = frozenset({200, 204, 206})  # answers relayed as they come
 PASSED_HEADERS = frozenset({"content-type", "content-length", "content-encoding", "warning"})
 CLIENT_ERRORS_PASSED_ON = 400
