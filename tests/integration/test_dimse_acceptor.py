@@ -13,7 +13,7 @@ from pynetdicom import AE, evt
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from pixport.dimse import acceptor as acceptor_module
-from pixport.dimse import reactor
+from pixport.dimse import reactor, scp
 from pixport.dimse.acceptor import WAITING_NAME, ReadyAcceptor
 from pixport.dimse.network import configure_pynetdicom
 
@@ -46,6 +46,7 @@ def test_an_idle_listener_makes_an_acceptor_ready_that_no_one_counts_as_busy(lis
     assert ready.dul.is_alive()  # both threads started, waiting
     assert ready.name == WAITING_NAME
     assert listener.server.active_associations == []  # no "busy" delay before accepting
+    assert not ready.is_acceptor  # nor one of the AE's maximum_associations
 
 
 def test_the_next_connection_is_served_by_the_ready_acceptor(listener: Listener) -> None:
@@ -158,3 +159,28 @@ def test_a_connection_that_cannot_be_attached_ends_its_acceptor(
         assert assoc.is_established  # the next caller is served
     finally:
         assoc.release()
+
+
+def test_the_ready_acceptor_takes_no_place_among_the_associations_allowed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With a limit of 2 per process, two callers are served and a third refused."""
+    monkeypatch.setattr(scp, "MAX_ASSOCIATIONS", 2)
+    started = start_listener(tmp_path)
+    listener = next(started)
+    associations = []
+    try:
+        wait_for_ready(listener)
+        ae = requestor()
+        for _ in range(2):
+            associations.append(ae.associate("127.0.0.1", listener.port, ae_title=AE_TITLE))
+            assert associations[-1].is_established
+        third = ae.associate("127.0.0.1", listener.port, ae_title=AE_TITLE)
+        associations.append(third)
+        assert third.is_rejected
+    finally:
+        for assoc in associations:
+            if assoc.is_established:
+                assoc.release()
+        with pytest.raises(StopIteration):
+            next(started)

@@ -183,6 +183,7 @@ def _tls_handshake(sock: ssl.SSLSocket, client_address: Any, timeout: float | No
     return True
 
 
+MAX_ASSOCIATIONS = 64  # per listener process (docs/conformance.md)
 # Seconds a listener process serving N associations waits, N times, before accepting another.
 BUSY_ACCEPT_DELAY = 0.005
 MAX_ACCEPT_DELAY = 0.05
@@ -197,7 +198,7 @@ def build_ae(settings: Settings) -> Any:
     ae.acse_timeout = dimse.acse_timeout
     ae.dimse_timeout = dimse.dimse_timeout
     ae.network_timeout = dimse.network_timeout
-    ae.maximum_associations = 64
+    ae.maximum_associations = MAX_ASSOCIATIONS
     ae.maximum_pdu_size = 0  # no limit on what peers send us
     ae.require_called_aet = False
     for sop_class in (
