@@ -69,13 +69,9 @@ class ReadyAcceptor(Association):
                     self.bind(event, handler, args)
 
     @property
-    def is_attached(self) -> bool:
-        return self._connected.is_set() and not self._discarded
-
-    @property
     def is_acceptor(self) -> bool:
         """Not until attached: pynetdicom counts the live acceptors against the AE's maximum."""
-        return self._connected.is_set()
+        return self._connected.is_set() and not self._discarded
 
     def start(self) -> None:
         """Start both threads: the DUL's here, so that both run once this returns."""
