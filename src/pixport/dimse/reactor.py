@@ -15,7 +15,8 @@ Here both loops block until there is work instead:
 - a P-DATA fragment (a piece of a DIMSE message) is sent by the thread that produced it, when
   the association is established and nothing is queued ahead of it, instead of being handed
   to the DUL thread: one thread switch less per C-STORE response, and none per fragment when
-  we send data sets (C-STORE as a client, C-GET and C-MOVE sub-operations).  A lock keeps
+  we send data sets (C-STORE as a client, C-GET and C-MOVE sub-operations); likewise this
+  side's answer to an A-ASSOCIATE-RQ or A-RELEASE-RQ, on the association's thread.  A lock keeps
   those sends and every state-machine action apart, so PDUs never interleave or reorder.  Not
   over TLS: one SSL connection must not be read and written from two threads at once;
 - a C-STORE request reaching an idle acceptor is served on the DUL thread that received it
@@ -142,9 +143,15 @@ class EventDrivenDUL(DULServiceProvider):
                     event = _answer_event(primitive, state)
                     if event is not None and not self.event_queue.qsize():
                         queue.Queue.put(self.to_provider_queue, primitive)  # the action takes it; no wake-up
-                        self.state_machine.do_action(event)
+                        self._act(event)
                         return
         super().send_pdu(primitive)
+
+    def _act(self, event: str) -> None:
+        """Run the state machine's action for ``event`` (the caller holds ``_send_lock``)."""
+        self.state_machine.do_action(event)
+        if self.state_machine.current_state == "Sta1":
+            self.back_to_idle.set()
 
     def send_raw(self, data: bytes) -> None:
         """Send an encoded PDU now, ordered after any state-machine action in progress."""
@@ -312,9 +319,7 @@ class EventDrivenDUL(DULServiceProvider):
                     idle = True
                     continue
                 with self._send_lock:
-                    self.state_machine.do_action(event)
-                if self.state_machine.current_state == "Sta1":
-                    self.back_to_idle.set()
+                    self._act(event)
                 idle = False
         finally:
             self._close_wake_sockets()

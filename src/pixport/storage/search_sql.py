@@ -14,6 +14,7 @@ drift from the rows they count.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import lru_cache
 from typing import Any
 
@@ -179,7 +180,7 @@ def bind(query: Query) -> tuple[Shape, dict[str, Any]]:
     return tuple(shape), values
 
 
-def _bind_match(match: Match, add: Any) -> None:
+def _bind_match(match: Match, add: Callable[..., None]) -> None:
     attribute, value = match.attribute, match.value
     if attribute in INTEGER_ATTRIBUTES and match.kind in {"single", "uids"}:
         try:
