@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import socket
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -258,3 +260,40 @@ def pynetdicom_message(primitive: Any) -> Any:
     message = table[type(primitive)]()
     message.primitive_to_message(primitive)
     return message
+
+
+def test_gathered_writes_deliver_every_byte_in_order_across_partial_sends() -> None:
+    """A small send buffer and a slow reader make sendmsg(2) return short: nothing is lost or repeated."""
+    sender, receiver = socket.socketpair()
+    sender.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    sender.settimeout(10)
+    payload = bytes(range(256)) * 4000  # 1 MB
+    pdus = pdata.encode_pdus(1, b"\x00" * 40, payload, 16384)
+    assert pdus is not None
+    expected = b"".join(bytes(header) + bytes(data) for header, data in pdus)
+    received = bytearray()
+
+    def read() -> None:
+        while len(received) < len(expected):
+            received.extend(receiver.recv(3000))
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    try:
+        for chunk in pdata._chunks(pdus):
+            assert len(chunk) <= pdata.MAX_BUFFERS
+            pdata.send_buffers(sender, chunk)
+        reader.join(10)
+    finally:
+        sender.close()
+        receiver.close()
+    assert bytes(received) == expected
+
+
+def test_runs_of_buffers_hold_whole_pdus_only() -> None:
+    pdus = pdata.encode_pdus(1, b"\x00" * 40, bytes(3_000_000), 16384)
+    assert pdus is not None
+    runs = list(pdata._chunks(pdus))
+    assert len(runs) > 1
+    assert all(len(run) % 2 == 0 for run in runs)  # header and data of each PDU together
+    assert sum(len(run) for run in runs) == 2 * len(pdus)
