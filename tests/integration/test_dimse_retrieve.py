@@ -89,8 +89,8 @@ def responses_read(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
     results: list[bool] = []
     original = pdata.c_store_response
 
-    def recording(pdu: bytes, message_id: int, context_id: int) -> Any:
-        response = original(pdu, message_id, context_id)
+    def recording(pdu: bytes, message_id: int, context_id: int, request: Any = None) -> Any:
+        response = original(pdu, message_id, context_id, request)
         results.append(response is not None)
         return response
 

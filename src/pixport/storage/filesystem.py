@@ -88,6 +88,7 @@ class FilesystemBlobStore:
     def __init__(self, root: Path) -> None:
         self.root = root
         self.blobs = root / "blobs"
+        self._blobs_name = os.fspath(self.blobs)
         self._staging = root / "tmp"
         self.blobs.mkdir(parents=True, exist_ok=True)
         self._staging.mkdir(parents=True, exist_ok=True)
@@ -158,8 +159,12 @@ class FilesystemBlobStore:
             sync_paths(self.root, sorted(dirty_dirs))
 
     def open(self, digest: str) -> IO[bytes]:
+        _check_digest(digest)
+        # A string path, not ``path_of``: pathlib's joins took a third of opening a blob for a
+        # C-MOVE sub-operation.
+        name = os.path.join(self._blobs_name, digest[:2], digest[2:4], digest)  # noqa: PTH118
         try:
-            return self.path_of(digest).open("rb")
+            return open(name, "rb")  # noqa: PTH123  the caller closes it
         except FileNotFoundError as exc:
             msg = f"blob {digest} is missing"
             raise NotFound(msg) from exc
