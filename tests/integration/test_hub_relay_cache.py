@@ -230,7 +230,7 @@ def test_altered_bytes_are_relayed_but_not_cached_and_are_audited(
     manifest_id = manifests[study]["manifest_id"]
     token = read_manifest(network, manifest_id)
     (instance,) = manifest_from_payload(jws.read_payload_unverified(token)).instances
-    blob = gateway.folder / "archive" / "blobs" / instance.sha256[:2] / instance.sha256[2:4] / instance.sha256
+    blob = gateway.folder / "archive" / "blobs" / instance.sha256[:2] / instance.sha256
     data = bytearray(blob.read_bytes())
     data[-100] ^= 0x01  # one bit of pixel data, on the gateway's disk
     blob.write_bytes(bytes(data))

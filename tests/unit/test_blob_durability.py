@@ -56,7 +56,59 @@ def test_small_batches_fsync_their_own_paths_large_ones_use_syncfs(
             assert fsynced.index(temp) < fsynced.index(final.parent)
     if syncfs_calls == 0:
         assert store.blobs in fsynced  # when the 256 first-level directories were made
-        assert store.path_of(files[0][1]).parent.parent in fsynced  # it holds a new directory
+        assert fsynced.count(store.blobs) == 1  # not again: a blob's directory exists already
+
+
+def test_a_blob_is_one_level_down_and_costs_one_directory_fsync(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = FilesystemBlobStore(tmp_path)
+    fsynced: list[Path] = []
+    monkeypatch.setattr(filesystem, "fsync_path", lambda path, **_: fsynced.append(path))
+    ((temp, digest),) = staged_files(store, 1)
+    store.put_files([(temp, digest)])
+    assert store.path_of(digest) == store.blobs / digest[:2] / digest
+    assert store.path_of(digest).read_bytes() == b"object 0"
+    assert fsynced == [temp, store.blobs / digest[:2]]  # the data, then the one directory that changed
+
+
+def test_a_removed_first_level_directory_is_made_again_durably(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    store = FilesystemBlobStore(tmp_path)
+    ((temp, digest),) = staged_files(store, 1)
+    (store.blobs / digest[:2]).rmdir()
+    fsynced: list[Path] = []
+    monkeypatch.setattr(filesystem, "fsync_path", lambda path, **_: fsynced.append(path))
+    store.put_files([(temp, digest)])
+    assert store.path_of(digest).read_bytes() == b"object 0"
+    assert fsynced == [temp, store.blobs, store.blobs / digest[:2]]
+
+
+def legacy_blob(store: FilesystemBlobStore, content: bytes) -> tuple[str, Path]:
+    """A blob where an archive written before the flat layout kept it: ``blobs/ab/cd/<digest>``."""
+    digest = hashlib.sha256(content).hexdigest()
+    path = store.blobs / digest[:2] / digest[2:4] / digest
+    path.parent.mkdir()
+    path.write_bytes(content)
+    return digest, path
+
+
+def test_blobs_of_the_older_two_level_layout_are_still_served(tmp_path: Path) -> None:
+    store = FilesystemBlobStore(tmp_path)
+    digest, path = legacy_blob(store, b"object 0")
+    ((_, new_digest),) = staged_files(store, 2)[1:]
+    store.put_files(staged_files(store, 2)[1:])
+    assert store.exists(digest)
+    assert store.stored_path(digest) == path
+    with store.open(digest) as blob:
+        assert blob.read() == b"object 0"
+    assert sorted(name for name, _ in store.iter_blobs()) == sorted([digest, new_digest])
+    again = staged_files(store, 1)  # the same content as the old blob: a duplicate, not a second copy
+    store.put_files(again)
+    assert not again[0][0].exists()
+    assert not store.path_of(digest).exists()
+    store.delete(digest)
+    assert not path.exists()
+    assert not store.exists(digest)
 
 
 def test_first_level_directories_exist_from_the_start(tmp_path: Path) -> None:

@@ -1,4 +1,12 @@
-"""Blobs as files under their SHA-256: ``blobs/ab/cd/abcd…``.  No DICOM attribute is ever a path."""
+"""Blobs as files under their SHA-256: ``blobs/ab/abcd…``.  No DICOM attribute is ever a path.
+
+Until 2026-11 blobs went one level deeper, ``blobs/ab/cd/abcd…``: in an archive of fewer than a
+few hundred thousand objects most new blobs needed a new ``cd`` directory, a ``mkdir`` and a
+second directory fsync on the C-STORE acknowledgement path (0.33 ms of 0.56 on this machine's
+disk).  The 256 first-level directories are made when the store opens, so a new blob costs one
+directory fsync, whatever the archive's age.  Blobs an older archive holds at the deeper path
+are still found, listed, recognised as duplicates and deleted there.
+"""
 
 from __future__ import annotations
 
@@ -116,9 +124,20 @@ class FilesystemBlobStore:
         return self._staging
 
     def path_of(self, digest: str) -> Path:
-        """Where the blob for ``digest`` lives."""
+        """Where a new blob for ``digest`` goes (``stored_path``: where one is)."""
         _check_digest(digest)
+        return self.blobs / digest[:2] / digest
+
+    def _legacy_path(self, digest: str) -> Path:
+        """Where an archive written before the flat layout holds it (module doc)."""
         return self.blobs / digest[:2] / digest[2:4] / digest
+
+    def stored_path(self, digest: str) -> Path | None:
+        """The file holding the blob for ``digest``, or None."""
+        for path in (self.path_of(digest), self._legacy_path(digest)):
+            if path.exists():
+                return path
+        return None
 
     def sync_staged(self, temp: Path) -> None:
         """Fsync a staged file's data (its name is published later, by ``put_files``)."""
@@ -135,25 +154,23 @@ class FilesystemBlobStore:
         moves = []
         with _blob_store_errors():
             for temp, digest in files:
-                final = self.path_of(digest)
-                if final.exists():
+                stored = self.stored_path(digest)
+                if stored is not None:
                     # Same content again: refresh its age so that a sweep of old orphans does
                     # not take it between now and the index commit that will reference it.
-                    os.utime(final)
+                    os.utime(stored)
                     temp.unlink(missing_ok=True)
                 else:
-                    moves.append((temp, final))
+                    moves.append((temp, self.path_of(digest)))
             if not moves:
                 return
             if not data_synced:
                 sync_paths(self.root, [temp for temp, _ in moves])
             dirty_dirs: set[Path] = set()
             for temp, final in moves:
-                if not final.parent.exists():
-                    if not final.parent.parent.exists():  # removed since start-up
-                        dirty_dirs.add(self.blobs)
+                if not final.parent.exists():  # removed since start-up
                     final.parent.mkdir(parents=True, exist_ok=True)
-                    dirty_dirs.add(final.parent.parent)
+                    dirty_dirs.add(self.blobs)
                 temp.replace(final)
                 dirty_dirs.add(final.parent)
             sync_paths(self.root, sorted(dirty_dirs))
@@ -162,21 +179,29 @@ class FilesystemBlobStore:
         _check_digest(digest)
         # A string path, not ``path_of``: pathlib's joins took a third of opening a blob for a
         # C-MOVE sub-operation.
-        name = os.path.join(self._blobs_name, digest[:2], digest[2:4], digest)  # noqa: PTH118
+        name = os.path.join(self._blobs_name, digest[:2], digest)  # noqa: PTH118
         try:
             return open(name, "rb")  # noqa: PTH123  the caller closes it
+        except FileNotFoundError:
+            pass
+        try:
+            return self._legacy_path(digest).open("rb")
         except FileNotFoundError as exc:
             msg = f"blob {digest} is missing"
             raise NotFound(msg) from exc
 
     def exists(self, digest: str) -> bool:
-        return self.path_of(digest).exists()
+        return self.stored_path(digest) is not None
 
     def iter_blobs(self) -> Iterator[tuple[str, float]]:
         for first in sorted(self.blobs.iterdir()):
-            for second in sorted(first.iterdir()):
-                for blob in sorted(second.iterdir()):
-                    yield blob.name, blob.stat().st_mtime
+            for entry in sorted(first.iterdir()):
+                if entry.is_dir():  # a second level, written before the flat layout
+                    for blob in sorted(entry.iterdir()):
+                        yield blob.name, blob.stat().st_mtime
+                else:
+                    yield entry.name, entry.stat().st_mtime
 
     def delete(self, digest: str) -> None:
         self.path_of(digest).unlink(missing_ok=True)
+        self._legacy_path(digest).unlink(missing_ok=True)
