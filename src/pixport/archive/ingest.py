@@ -250,11 +250,10 @@ class IngestPipeline:
             if data_synced is None:
                 self.blobs.put_files(files)
             else:
-                # The renames and directory fsyncs run while the index statements do; the
-                # index commits only once they are done.
-                for future in data_synced:
-                    future.result()
-                published = self._pool().submit(self.blobs.put_files, files, data_synced=True)
+                # The data's fsyncs, then the renames and directory fsyncs, run while the index
+                # statements do; the index commits only once they are done.  (The job that waits
+                # for the data's fsyncs was submitted after them: they have a thread already.)
+                published = self._pool().submit(self._publish_synced, files, data_synced)
             batch = [self._new_instance(e.staged, e.parsed, source) for _, e in accepted if e.parsed is not None]
             outcomes = self.index.store_instances(batch, published.result if published is not None else None)
         except BaseException:
@@ -272,6 +271,12 @@ class IngestPipeline:
                 result.reason = f"SOP Instance {result.sop_instance_uid} is stored already with different content"
                 log.warning("ingest.conflict", sop_instance_uid=result.sop_instance_uid, digest=e.staged.digest)
         return results
+
+    def _publish_synced(self, files: list[tuple[Path, str]], data_synced: Sequence[Future[None]]) -> None:
+        """Once every file's data is durable, give the files their names (``put_files``)."""
+        for future in data_synced:
+            future.result()
+        self.blobs.put_files(files, data_synced=True)
 
     def _parse(self, item: StagedFile, expected_study: str | None) -> ParsedInstance:
         parsed = parse_instance(item.path, self.parse_limits)
