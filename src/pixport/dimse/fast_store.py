@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -208,7 +209,8 @@ class FastStoreDIMSE(reactor.WakingDIMSE):
             status, comment = self._call_handler(StoreEvent(self.assoc, request, context.as_tuple))
         finally:
             file.close()
-            Path(file.name).unlink(missing_ok=True)  # the handler moved it into the blob store, or not
+            with contextlib.suppress(FileNotFoundError):  # the handler moved it into the blob store, or not
+                os.unlink(file.name)  # noqa: PTH108  no Path for a call that mostly fails
         if self.assoc.is_established:
             self._respond(incoming.context_id, request, status, comment)
 
