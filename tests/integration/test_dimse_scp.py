@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import socket
 import subprocess
 import time
@@ -77,6 +78,19 @@ def send_as_stored(port: int, called: str, files: list[Path]) -> None:
 def test_echoscu(listener: Listener) -> None:
     result = dcmtk("echoscu", "-aec", AE_TITLE, "127.0.0.1", listener.port)
     assert result.returncode == 0, result.stderr
+
+
+def test_a_released_association_logs_no_error(listener: Listener, caplog: pytest.LogCaptureFixture) -> None:
+    """The peer closing its connection after A-RELEASE-RP is how an association ends, not a fault."""
+    caplog.set_level(logging.INFO, logger="pynetdicom")
+    for _ in range(3):
+        result = dcmtk("echoscu", "-aec", AE_TITLE, "127.0.0.1", listener.port)
+        assert result.returncode == 0, result.stderr
+    deadline = time.monotonic() + 10
+    while listener.server.active_associations and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not listener.server.active_associations
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
 
 
 def reference_receipt(tmp_path: Path, files: list[Path]) -> dict[str, bytes]:

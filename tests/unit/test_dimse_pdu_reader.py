@@ -12,7 +12,7 @@ from collections.abc import Iterator
 import pytest
 
 from pixport.dimse import pdu_reader
-from pixport.dimse.pdu_reader import UnknownPduType, read_pdu
+from pixport.dimse.pdu_reader import ClosedBetweenPdus, UnknownPduType, read_pdu
 
 
 @pytest.fixture
@@ -117,3 +117,25 @@ def test_a_stall_shorter_than_the_timeout_is_waited_for(pair: tuple[socket.socke
     later.start()
     assert read_pdu(ours, 5) == data
     later.join()
+
+
+def test_a_connection_closed_between_pdus_is_told_apart(pair: tuple[socket.socket, socket.socket]) -> None:
+    """A peer closing after its last PDU (as after A-RELEASE-RP) is not a PDU cut short."""
+    ours, peer = pair
+    peer.sendall(pdu(0x05, b"\0\0\0\0"))
+    peer.shutdown(socket.SHUT_WR)
+    assert read_pdu(ours, 10) == pdu(0x05, b"\0\0\0\0")
+    with pytest.raises(ClosedBetweenPdus):
+        read_pdu(ours, 10)
+
+
+@pytest.mark.parametrize("sent", [b"\x00", b"\x04\x00\x00", pdu(0x04, bytes(100))[:50]])
+def test_a_connection_closed_inside_a_pdu_is_not_a_close_between_pdus(
+    pair: tuple[socket.socket, socket.socket], sent: bytes
+) -> None:
+    ours, peer = pair
+    peer.sendall(sent)
+    peer.shutdown(socket.SHUT_WR)
+    with pytest.raises(EOFError) as raised:
+        read_pdu(ours, 10)
+    assert not isinstance(raised.value, ClosedBetweenPdus)

@@ -23,6 +23,18 @@ PREALLOCATE_LIMIT = 16 * 1024 * 1024
 GROWTH_STEP = 4 * 1024 * 1024
 
 
+class ClosedBetweenPdus(EOFError):
+    """The connection closed before the first byte of a PDU: a peer ending as it may."""
+
+
+class _Closed(EOFError):
+    """The connection closed while ``_fill`` waited for more, after ``received`` bytes."""
+
+    def __init__(self, received: int) -> None:
+        super().__init__(f"connection closed after {received} bytes")
+        self.received = received
+
+
 class UnknownPduType(ValueError):
     """The first byte of a PDU is not a PDU type."""
 
@@ -36,14 +48,20 @@ def read_pdu(
 ) -> bytearray:
     """The next PDU, header included.
 
-    EOFError if the connection closes before it is whole, TimeoutError if no byte of it
-    arrives for ``timeout`` seconds (None: no limit), UnknownPduType (its body left unread).
+    EOFError if the connection closes before it is whole (ClosedBetweenPdus if before its first
+    byte), TimeoutError if no byte of it arrives for ``timeout`` seconds (None: no limit),
+    UnknownPduType (its body left unread).
     ``before_wait(transport)`` is called each time the rest has not arrived yet, before waiting
     for it (the caller's quick ACK: a peer's next write may be held until what it sent is
     acknowledged).
     """
     header = bytearray(PDU_HEADER.size)
-    _fill(transport, memoryview(header), timeout, before_wait)
+    try:
+        _fill(transport, memoryview(header), timeout, before_wait)
+    except _Closed as closed:
+        if closed.received:
+            raise
+        raise ClosedBetweenPdus from None
     pdu_type, _, length = PDU_HEADER.unpack(header)
     if pdu_type not in PDU_TYPES:
         raise UnknownPduType(pdu_type)
@@ -69,6 +87,7 @@ def _fill(
     before_wait: Callable[[socket.socket], None] | None,
 ) -> None:
     """Fill ``view`` from the socket; waits in ``select`` only when nothing is there yet."""
+    wanted = len(view)
     while view:
         try:
             received = transport.recv_into(view, 0, socket.MSG_DONTWAIT)
@@ -81,5 +100,5 @@ def _fill(
                 raise TimeoutError(msg) from None
             continue
         if not received:
-            raise EOFError
+            raise _Closed(wanted - len(view))
         view = view[received:]

@@ -55,7 +55,7 @@ from pynetdicom.dul import DULServiceProvider
 from pynetdicom.pdu import A_ABORT_RQ, P_DATA_TF
 from pynetdicom.pdu_primitives import A_ASSOCIATE, A_RELEASE, P_DATA
 
-from pixport.dimse.pdu_reader import UnknownPduType, read_pdu
+from pixport.dimse.pdu_reader import ClosedBetweenPdus, UnknownPduType, read_pdu
 
 SUPPORTED_PYNETDICOM = "3.0."
 # Events whose handlers expect to see every PDU or message received (no borrowed reads then).
@@ -247,6 +247,8 @@ class EventDrivenDUL(DULServiceProvider):
         except UnknownPduType as exc:
             LOGGER.error("Unknown PDU type received '0x%02X'", exc.pdu_type)  # noqa: TRY400  as pynetdicom
             self.event_queue.put("Evt19")
+        except ClosedBetweenPdus:  # the peer's close after A-RELEASE-RP, or its abrupt end: no error
+            self.event_queue.put("Evt17")
         except (OSError, EOFError, ValueError):  # TimeoutError is an OSError
             LOGGER.error("Connection closed before the entire PDU was received")  # noqa: TRY400  as pynetdicom
             self.event_queue.put("Evt17")
