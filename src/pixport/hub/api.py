@@ -181,8 +181,7 @@ async def report_verification(request: Request) -> Response:
         raise NotFound(f"no manifest {manifest.manifest_id} that this caller may read")
     actor = _actor(request, caller)
     event = VerificationPerformed(
-        actor=actor.name,
-        actor_address=actor.address,
+        **actor.as_audit_fields(),
         # "refused": the receiver found the images not to be what the manifest says.
         outcome="success" if verified else "refused",
         national_key=manifest.national_key,
@@ -470,8 +469,7 @@ def _audit_read(
         detail["source"] = source
     hub.audit.record(
         StudyRead(
-            actor=actor.name,
-            actor_address=actor.address,
+            **actor.as_audit_fields(),
             outcome=outcome,
             national_key=manifest.national_key if manifest else None,
             object=study,

@@ -20,7 +20,7 @@ from sqlalchemy import Engine, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from pixport.errors import ConfigurationError, KeyNotTrusted, NotFound
-from pixport.hub.audit import AuditEvent, AuditLog, InstitutionAdmitted, KeyRevoked
+from pixport.hub.audit import ActorFields, AuditEvent, AuditLog, InstitutionAdmitted, KeyRevoked
 from pixport.hub.schema import institution_keys, institutions
 from pixport.trust.directory import (
     Directory,
@@ -43,6 +43,10 @@ class Actor:
 
     name: str
     address: str = ""
+
+    def as_audit_fields(self) -> ActorFields:
+        """The ``actor`` and ``actor_address`` of an audit event this actor performs."""
+        return {"actor": self.name, "actor_address": self.address}
 
 
 class InstitutionService:
@@ -76,8 +80,7 @@ class InstitutionService:
                 )
                 self._audit.record(
                     InstitutionAdmitted(
-                        actor=actor.name,
-                        actor_address=actor.address,
+                        **actor.as_audit_fields(),
                         outcome="success",
                         object=code,
                     ),
@@ -123,8 +126,7 @@ class InstitutionService:
                 self._audit.record(
                     AuditEvent(
                         action="key.added",
-                        actor=actor.name,
-                        actor_address=actor.address,
+                        **actor.as_audit_fields(),
                         outcome="success",
                         object=kid,
                         detail={"institution": code, "not_before": format_time(start), "not_after": format_time(end)},
@@ -151,8 +153,7 @@ class InstitutionService:
                 raise NotFound(f"institution {code} has no unrevoked key {kid}")
             self._audit.record(
                 KeyRevoked(
-                    actor=actor.name,
-                    actor_address=actor.address,
+                    **actor.as_audit_fields(),
                     outcome="success",
                     object=kid,
                     purpose=reason,
@@ -171,8 +172,7 @@ class InstitutionService:
             self._audit.record(
                 AuditEvent(
                     action="institution.reinstated" if active else "institution.suspended",
-                    actor=actor.name,
-                    actor_address=actor.address,
+                    **actor.as_audit_fields(),
                     outcome="success",
                     object=code,
                 ),

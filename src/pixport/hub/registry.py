@@ -108,8 +108,7 @@ class Registry:
             self._audit.record(
                 AuditEvent(
                     action="manifest.withdrawn",
-                    actor=actor.name,
-                    actor_address=actor.address,
+                    **actor.as_audit_fields(),
                     outcome="success",
                     national_key=row.national_key,
                     object=manifest_id,
@@ -237,8 +236,7 @@ class Registry:
         )
         self._audit.record(
             ManifestRegistered(
-                actor=actor.name,
-                actor_address=actor.address,
+                **actor.as_audit_fields(),
                 outcome="success",
                 national_key=manifest.patient.national_key,
                 object=manifest.manifest_id,
@@ -291,8 +289,7 @@ class Registry:
         self._audit.record(
             AuditEvent(
                 action="manifest.refused",
-                actor=actor.name,
-                actor_address=actor.address,
+                **actor.as_audit_fields(),
                 outcome="refused",
                 object=manifest_id,
                 purpose=str(exc)[:300],

@@ -19,6 +19,7 @@ from pixport.hub.audit.chain import GENESIS_HASH, event_hash
 from pixport.hub.audit.events import (
     OUTCOMES,
     AccessDenied,
+    ActorFields,
     AuditEvent,
     DetailValue,
     InstitutionAdmitted,
@@ -38,6 +39,7 @@ __all__ = [
     "MAX_LIST",
     "OUTCOMES",
     "AccessDenied",
+    "ActorFields",
     "AuditEvent",
     "AuditLog",
     "AuditVerification",

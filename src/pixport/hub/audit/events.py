@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Final, TypeAlias
+from typing import Final, TypeAlias, TypedDict
 
 OUTCOMES: Final = frozenset({"success", "refused", "error"})
 """What an event's ``outcome`` may be."""
@@ -28,6 +28,13 @@ EVENT_FIELDS: Final = ("action", "actor", "outcome", "national_key", "object", "
 _MAX_SAFE_INTEGER: Final = 2**53 - 1  # RFC 8785 numbers are IEEE doubles
 _RRN: Final = re.compile(r"(?<!\d)\d{6}-\d{7}(?!\d)")  # resident registration number, YYMMDD-NNNNNNN
 _SHORT_FIELDS: Final = {"action": 64, "national_key": 64, "outcome": 32}  # String(n) columns
+
+
+class ActorFields(TypedDict):
+    """Who did it, as an event's fields: ``AuditEvent(..., **actor.as_audit_fields())``."""
+
+    actor: str
+    actor_address: str
 
 
 @dataclass(frozen=True, kw_only=True)
