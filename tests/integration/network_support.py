@@ -1,8 +1,9 @@
 """A hub and hospital gateways as separate processes on loopback, set up with the CLI as an operator would.
 
-The same steps as ``test_network.py``'s fixture, as functions a test module can call with its
-own hospitals and gateway settings (e.g. ``PIXPORT_GATEWAY__AUTO_PUBLISH_AFTER``).  All data
-is synthetic (``pixport.samples``).
+Functions a test module calls with its own hospitals and gateway settings (e.g.
+``PIXPORT_GATEWAY__AUTO_PUBLISH_AFTER``); ``test_network.py`` also puts a recording proxy in
+front of the hub (``Network.hub_url`` set before the gateways are added).  All data is
+synthetic (``pixport.samples``).
 """
 
 from __future__ import annotations
@@ -112,6 +113,10 @@ class Network:
     def hub_get(self, key: SigningKey, subject: str, path: str) -> httpx.Response:
         headers = authorization_header(key, subject, "pixport-hub", "GET", path.split("?", maxsplit=1)[0])
         return httpx.get(self.hub_url + path, headers=headers, timeout=60)
+
+    def hub_post(self, key: SigningKey, subject: str, path: str, content: bytes) -> httpx.Response:
+        headers = authorization_header(key, subject, "pixport-hub", "POST", path)
+        return httpx.post(self.hub_url + path, headers=headers, content=content, timeout=60)
 
     def as_gateway(self, code: str, path: str) -> httpx.Response:
         """GET on the hub as the institution ``code``, with its key."""

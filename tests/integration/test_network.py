@@ -8,22 +8,17 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import socket
 import sqlite3
-import subprocess
-import sys
 import threading
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
 import pytest
-from dimse_support import free_port
+from network_support import Network, add_gateway, pixport, start_hub, stop
 
-from pixport.samples import HOSPITALS, SAMPLE_RRNS, hospital_studies
+from pixport.samples import HOSPITALS, SAMPLE_RRNS
 from pixport.trust import jws
 from pixport.trust.assertions import authorization_header
 from pixport.trust.keys import SigningKey
@@ -31,18 +26,6 @@ from pixport.trust.manifest import build_manifest, manifest_from_payload, manife
 
 HANBIT, PUREUN = HOSPITALS[0], HOSPITALS[1]
 RRN_FORMS = [rrn.encode() for rrn in SAMPLE_RRNS] + [rrn.replace("-", "").encode() for rrn in SAMPLE_RRNS]
-
-
-def pixport(*args: str | Path, env: dict[str, str], stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-c", "from pixport.cli.main import main; main()", *map(str, args)],
-        env=env,
-        input=stdin,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
 
 
 class RecordingProxy:
@@ -84,132 +67,38 @@ class RecordingProxy:
         self._server.close()
 
 
-@dataclass
-class Network:
-    root: Path
-    hub_env: dict[str, str]
-    hub_url: str
-    proxy: RecordingProxy
-    gateway_env: dict[str, dict[str, str]] = field(default_factory=dict)
-    gateway_url: dict[str, str] = field(default_factory=dict)
-    studies: dict[str, list[str]] = field(default_factory=dict)
-    processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
-    operator: SigningKey | None = None
-
-    def key(self, code: str) -> SigningKey:
-        return SigningKey.load(self.root / code / "key.pem")
-
-    def hub_get(self, key: SigningKey, subject: str, path: str) -> httpx.Response:
-        headers = authorization_header(key, subject, "pixport-hub", "GET", path.split("?", maxsplit=1)[0])
-        return httpx.get(self.hub_url + path, headers=headers, timeout=60)
-
-    def hub_post(self, key: SigningKey, subject: str, path: str, content: bytes) -> httpx.Response:
-        headers = authorization_header(key, subject, "pixport-hub", "POST", path)
-        return httpx.post(self.hub_url + path, headers=headers, content=content, timeout=60)
-
-
-def _base_env() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if not k.startswith("PIXPORT_")}
-
-
-def _wait(url: str, process: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        assert process.poll() is None, f"{url} exited"
-        with contextlib.suppress(httpx.HTTPError):
-            httpx.get(url, timeout=2)
-            return
-        time.sleep(0.2)
-    pytest.fail(f"{url} did not start")
+@pytest.fixture(scope="module")
+def proxied(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Network, RecordingProxy]]:
+    """The hub and two gateways, every request to the hub (the gateways' and the tests') through a proxy."""
+    network = start_hub(tmp_path_factory.mktemp("network"))
+    proxy = RecordingProxy(int(network.hub_env["PIXPORT_HUB__PORT"]))
+    network.hub_url = f"http://127.0.0.1:{proxy.port}"  # what the gateways are configured with, below
+    try:
+        for hospital in (HANBIT, PUREUN):
+            add_gateway(network, hospital)
+        yield network, proxy
+    finally:
+        stop(network)
+        proxy.close()
 
 
 @pytest.fixture(scope="module")
-def network(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Network]:
-    root = tmp_path_factory.mktemp("network")
-    hub_port = free_port()
-    operator = SigningKey.generate()
-    operator.save(root / "operator.pem")
-    (root / "operator.jwk").write_text(json.dumps(operator.public_jwk()))
-    hub_env = {
-        **_base_env(),
-        "PIXPORT_HUB__DATA_DIR": str(root / "hub"),
-        "PIXPORT_HUB__PORT": str(hub_port),
-        "PIXPORT_HUB__OPERATOR_KEYS": json.dumps([str(root / "operator.jwk")]),
-    }
-    assert pixport("hub", "init", env=hub_env).returncode == 0
-    assert pixport("hub", "network-key", root / "network.key", env=hub_env).returncode == 0
-    logs = (root / "logs").open("ab")
-    hub = subprocess.Popen(
-        [sys.executable, "-c", "from pixport.cli.main import main; main()", "hub", "serve"],
-        env=hub_env,
-        stdout=logs,
-        stderr=subprocess.STDOUT,
-    )
-    proxy = RecordingProxy(hub_port)
-    net = Network(root, hub_env, f"http://127.0.0.1:{proxy.port}", proxy, operator=operator)
-    net.processes.append(hub)
-    try:
-        _wait(f"http://127.0.0.1:{hub_port}/hub/directory", hub)
-        for hospital in (HANBIT, PUREUN):
-            code, folder, port = hospital.code, root / hospital.code, free_port()
-            env = {
-                **_base_env(),
-                "PIXPORT_STORAGE__DATA_DIR": str(folder / "archive"),
-                "PIXPORT_HTTP__PORT": str(port),
-                "PIXPORT_HTTP__WORKERS": "1",
-                "PIXPORT_GATEWAY__INSTITUTION_CODE": code,
-                "PIXPORT_GATEWAY__SIGNING_KEY": str(folder / "key.pem"),
-                "PIXPORT_GATEWAY__NETWORK_KEY": str(root / "network.key"),
-                "PIXPORT_GATEWAY__HUB_URL": net.hub_url,
-                "PIXPORT_GATEWAY__HUB_KEY": str(root / "hub" / "hub-key.jwk"),
-            }
-            assert pixport("gateway", "keys", "generate", env=env).returncode == 0
-            admitted = pixport(
-                "hub", "institutions", "add", code, "--name-ko", hospital.name_ko, "--name-en", hospital.name_en,
-                "--endpoint", f"http://127.0.0.1:{port}", "--public-key", folder / "key.jwk", env=hub_env,
-            )  # fmt: skip
-            assert admitted.returncode == 0, admitted.stderr
-            images = folder / "incoming"
-            images.mkdir()
-            studies: list[str] = []
-            for number, dataset in enumerate(hospital_studies(hospital)):
-                dataset.save_as(images / f"{number}.dcm", enforce_file_format=True)
-                if str(dataset.StudyInstanceUID) not in studies:
-                    studies.append(str(dataset.StudyInstanceUID))
-            imported = pixport("archive", "import", images, env=env)
-            assert imported.returncode == 0, imported.stderr
-            for patient_index, _ in hospital.studies:
-                linked = pixport(
-                    "gateway", "patients", "link", f"{hospital.id_prefix}-{patient_index + 1:05d}",
-                    env=env, stdin=SAMPLE_RRNS[patient_index] + "\n",
-                )  # fmt: skip
-                assert linked.returncode == 0, linked.stderr
-            gateway = subprocess.Popen(
-                [sys.executable, "-c", "from pixport.cli.main import main; main()", "gateway", "serve"],
-                env=env,
-                stdout=logs,
-                stderr=subprocess.STDOUT,
-            )
-            net.processes.append(gateway)
-            _wait(f"http://127.0.0.1:{port}/healthz", gateway)
-            net.gateway_env[code] = env
-            net.gateway_url[code] = f"http://127.0.0.1:{port}"
-            net.studies[code] = studies
-        yield net
-    finally:
-        for process in net.processes:
-            process.terminate()
-        for process in net.processes:
-            process.wait(20)
-        proxy.close()
-        logs.close()
+def network(proxied: tuple[Network, RecordingProxy]) -> Network:
+    return proxied[0]
+
+
+@pytest.fixture(scope="module")
+def proxy(proxied: tuple[Network, RecordingProxy]) -> RecordingProxy:
+    return proxied[1]
 
 
 @pytest.fixture(scope="module")
 def published(network: Network) -> dict[str, list[dict[str, object]]]:
     results = {}
     for code in (HANBIT.code, PUREUN.code):
-        result = pixport("gateway", "publish", *network.studies[code], "--json", env=network.gateway_env[code])
+        result = pixport(
+            "gateway", "publish", *network.gateways[code].studies, "--json", env=network.gateways[code].env
+        )
         assert result.returncode == 0, result.stderr
         results[code] = json.loads(result.stdout)
     return results
@@ -219,7 +108,7 @@ def test_publish_registers_every_study_with_one_national_key_per_person(
     network: Network, published: dict[str, list[dict[str, object]]]
 ) -> None:
     hanbit = published[HANBIT.code]
-    assert [r["study_instance_uid"] for r in hanbit] == network.studies[HANBIT.code]
+    assert [r["study_instance_uid"] for r in hanbit] == network.gateways[HANBIT.code].studies
     assert all(r["status"] == "current" for r in hanbit)
     # Patient 0 was seen at both hospitals, under different local IDs: one national key.
     pureun_first = published[PUREUN.code][0]
@@ -244,12 +133,12 @@ def _parts(response: httpx.Response) -> list[bytes]:
 def test_retrieve_through_the_hub_is_the_gateways_bytes_and_verifies(
     network: Network, published: dict[str, list[dict[str, object]]], tmp_path: Path
 ) -> None:
-    study = network.studies[HANBIT.code][0]
-    key = network.key(HANBIT.code)
+    study = network.gateways[HANBIT.code].studies[0]
+    key = network.gateways[HANBIT.code].key()
     through_hub = network.hub_get(key, HANBIT.code, f"/dicomweb/studies/{study}")
     assert through_hub.status_code == 200, through_hub.text
     direct = httpx.get(
-        f"{network.gateway_url[HANBIT.code]}/dicomweb/studies/{study}",
+        f"{network.gateways[HANBIT.code].url}/dicomweb/studies/{study}",
         headers={"accept": 'multipart/related; type="application/dicom"'},
         timeout=60,
     )
@@ -261,7 +150,7 @@ def test_retrieve_through_the_hub_is_the_gateways_bytes_and_verifies(
     manifest = network.hub_get(key, HANBIT.code, f"/hub/manifests/{published[HANBIT.code][0]['manifest_id']}")
     assert manifest.status_code == 200
     (tmp_path / "manifest.jws").write_text(manifest.text)
-    env = network.gateway_env[HANBIT.code]
+    env = network.gateways[HANBIT.code].env
     assert pixport("gateway", "directory", tmp_path / "directory.jws", env=env).returncode == 0
     checked = pixport(
         "verify", tmp_path / "manifest.jws", images, "--directory", tmp_path / "directory.jws",
@@ -302,7 +191,7 @@ def test_retrieve_through_the_hub_is_the_gateways_bytes_and_verifies(
     # Another institution cannot write about a study it may not read.
     other = pixport(
         "verify", tmp_path / "manifest.jws", images, "--directory", tmp_path / "directory.jws",
-        "--hub-key", network.root / "hub" / "hub-key.jwk", "--report", env=network.gateway_env[PUREUN.code],
+        "--hub-key", network.root / "hub" / "hub-key.jwk", "--report", env=network.gateways[PUREUN.code].env,
     )  # fmt: skip
     assert other.returncode == 2
     assert "not reported to the hub" in other.stderr
@@ -313,8 +202,8 @@ def test_only_the_publisher_and_the_operator_read_a_study(
     network: Network, published: dict[str, list[dict[str, object]]]
 ) -> None:
     assert published
-    study = network.studies[HANBIT.code][0]
-    other = network.hub_get(network.key(PUREUN.code), PUREUN.code, f"/dicomweb/studies/{study}")
+    study = network.gateways[HANBIT.code].studies[0]
+    other = network.hub_get(network.gateways[PUREUN.code].key(), PUREUN.code, f"/dicomweb/studies/{study}")
     assert other.status_code == 404
     assert network.operator is not None
     assert network.hub_get(network.operator, "operator", f"/dicomweb/studies/{study}").status_code == 200
@@ -322,14 +211,14 @@ def test_only_the_publisher_and_the_operator_read_a_study(
     assert anonymous.status_code == 401
     # The gateway serves the hub only: another institution's key is refused there.
     path = f"/hub-access/dicomweb/studies/{study}"
-    headers = authorization_header(network.key(PUREUN.code), "hub", HANBIT.code, "GET", path)
-    refused = httpx.get(network.gateway_url[HANBIT.code] + path, headers=headers, timeout=30)
+    headers = authorization_header(network.gateways[PUREUN.code].key(), "hub", HANBIT.code, "GET", path)
+    refused = httpx.get(network.gateways[HANBIT.code].url + path, headers=headers, timeout=30)
     assert refused.status_code == 401
     assert "pinned key" in refused.text
 
 
 def test_a_gateway_cannot_act_as_another(network: Network, published: dict[str, list[dict[str, object]]]) -> None:
-    hanbit_key = network.key(HANBIT.code)
+    hanbit_key = network.gateways[HANBIT.code].key()
     # Claiming to be PUREUN with HANBIT's key.
     response = network.hub_get(hanbit_key, PUREUN.code, "/hub/manifests")
     assert response.status_code == 401
@@ -353,7 +242,7 @@ def test_a_gateway_cannot_act_as_another(network: Network, published: dict[str, 
 def test_a_manifest_signed_by_another_institutions_key_is_refused(
     network: Network, published: dict[str, list[dict[str, object]]]
 ) -> None:
-    pureun_key = network.key(PUREUN.code)
+    pureun_key = network.gateways[PUREUN.code].key()
     token = network.hub_get(pureun_key, PUREUN.code, f"/hub/manifests/{published[PUREUN.code][0]['manifest_id']}").text
     manifest = manifest_from_payload(jws.read_payload_unverified(token))
     corrected = build_manifest(
@@ -363,7 +252,7 @@ def test_a_manifest_signed_by_another_institutions_key_is_refused(
         instances=list(manifest.instances),
         supersedes=manifest.manifest_id,
     )
-    signed_by_hanbit = sign_manifest(corrected, network.key(HANBIT.code))
+    signed_by_hanbit = sign_manifest(corrected, network.gateways[HANBIT.code].key())
     response = network.hub_post(pureun_key, PUREUN.code, "/hub/manifests", signed_by_hanbit.encode())
     assert response.status_code == 422
     assert "belongs to institution HANBIT, not to the issuer PUREUN" in response.json()["detail"]
@@ -373,11 +262,11 @@ def test_a_replayed_superseded_manifest_is_refused(
     network: Network, published: dict[str, list[dict[str, object]]]
 ) -> None:
     code = PUREUN.code
-    study = network.studies[code][1]
+    study = network.gateways[code].studies[1]
     first_id = next(r["manifest_id"] for r in published[code] if r["study_instance_uid"] == study)
-    key = network.key(code)
+    key = network.gateways[code].key()
     old_token = network.hub_get(key, code, f"/hub/manifests/{first_id}").text
-    republished = pixport("gateway", "publish", study, "--json", env=network.gateway_env[code])
+    republished = pixport("gateway", "publish", study, "--json", env=network.gateways[code].env)
     assert republished.returncode == 0, republished.stderr
     correction = json.loads(republished.stdout)[0]
     assert correction["supersedes"] == first_id
@@ -440,12 +329,12 @@ def test_the_audit_log_verifies_and_catches_an_edit(
 
 
 def test_no_resident_registration_number_reaches_the_hub(
-    network: Network, published: dict[str, list[dict[str, object]]]
+    network: Network, proxy: RecordingProxy, published: dict[str, list[dict[str, object]]]
 ) -> None:
     assert published
-    assert len(network.proxy.recorded) > 0  # the gateways' calls went through the proxy
-    assert b"/hub/manifests" in network.proxy.recorded
-    seen = {"requests": bytes(network.proxy.recorded)}
+    assert len(proxy.recorded) > 0  # the gateways' calls went through the proxy
+    assert b"/hub/manifests" in proxy.recorded
+    seen = {"requests": bytes(proxy.recorded)}
     for path in (network.root / "hub").rglob("*"):
         if path.is_file():
             seen[str(path)] = path.read_bytes()
@@ -464,7 +353,7 @@ def test_no_resident_registration_number_reaches_the_hub(
 
 def test_manifest_payload_round_trips(published: dict[str, list[dict[str, object]]], network: Network) -> None:
     token = network.hub_get(
-        network.key(HANBIT.code), HANBIT.code, f"/hub/manifests/{published[HANBIT.code][0]['manifest_id']}"
+        network.gateways[HANBIT.code].key(), HANBIT.code, f"/hub/manifests/{published[HANBIT.code][0]['manifest_id']}"
     ).text
     payload = jws.read_payload_unverified(token)
     assert manifest_payload(manifest_from_payload(payload)) == payload
@@ -475,8 +364,8 @@ def test_a_reader_gone_mid_study_leaves_the_relay_working(
     network: Network, published: dict[str, list[dict[str, object]]]
 ) -> None:
     assert published
-    study = network.studies[HANBIT.code][0]
-    key = network.key(HANBIT.code)
+    study = network.gateways[HANBIT.code].studies[0]
+    key = network.gateways[HANBIT.code].key()
     path = f"/dicomweb/studies/{study}"
     whole = network.hub_get(key, HANBIT.code, path)
     assert whole.status_code == 200
@@ -510,7 +399,7 @@ def test_a_verification_report_is_counts_and_flags_only(
     network: Network, published: dict[str, list[dict[str, object]]], body: bytes
 ) -> None:
     path = f"/hub/manifests/{published[HANBIT.code][0]['manifest_id']}/verifications"
-    refused = network.hub_post(network.key(HANBIT.code), HANBIT.code, path, body)
+    refused = network.hub_post(network.gateways[HANBIT.code].key(), HANBIT.code, path, body)
     assert refused.status_code == 400
     assert "a verification report is" in refused.json()["detail"]
 
@@ -519,8 +408,8 @@ def test_dicomweb_within_a_study_through_the_hub_names_the_hub(
     network: Network, published: dict[str, list[dict[str, object]]]
 ) -> None:
     assert published
-    study = network.studies[HANBIT.code][0]
-    key = network.key(HANBIT.code)
+    study = network.gateways[HANBIT.code].studies[0]
+    key = network.gateways[HANBIT.code].key()
     base = f"/dicomweb/studies/{study}"
     series = network.hub_get(key, HANBIT.code, base + "/series")
     assert series.status_code == 200, series.text
@@ -544,7 +433,7 @@ def test_dicomweb_within_a_study_through_the_hub_names_the_hub(
     assert thumbnail.status_code == 200
     assert thumbnail.headers["content-type"].startswith("image/")
     direct = httpx.get(
-        f"{network.gateway_url[HANBIT.code]}/dicomweb/studies/{study}/series/{series_uid}/instances/{sop}",
+        f"{network.gateways[HANBIT.code].url}/dicomweb/studies/{study}/series/{series_uid}/instances/{sop}",
         headers={"accept": 'multipart/related; type="application/dicom"'},
         timeout=60,
     )
@@ -555,7 +444,7 @@ def test_dicomweb_within_a_study_through_the_hub_names_the_hub(
     missing = network.hub_get(key, HANBIT.code, f"{base}/series/{series_uid}/instances/1.2.3.4/metadata")
     assert missing.status_code == 404
     # Another institution still reads nothing of the study.
-    refused = network.hub_get(network.key(PUREUN.code), PUREUN.code, instance + "/metadata")
+    refused = network.hub_get(network.gateways[PUREUN.code].key(), PUREUN.code, instance + "/metadata")
     assert refused.status_code == 404
 
 
@@ -563,7 +452,7 @@ def test_the_operator_lists_one_patients_audit_events_by_a_hospitals_id(
     network: Network, published: dict[str, list[dict[str, object]]]
 ) -> None:
     first = published[HANBIT.code][0]
-    key = network.key(HANBIT.code)
+    key = network.gateways[HANBIT.code].key()
     token = network.hub_get(key, HANBIT.code, f"/hub/manifests/{first['manifest_id']}").text
     patient = manifest_from_payload(jws.read_payload_unverified(token)).patient
     issuer = patient.issuer_of_patient_id or HANBIT.code
