@@ -34,6 +34,7 @@ UNDEFINED_LENGTH = 0xFFFFFFFF
 LONG_VRS = frozenset({b"OB", b"OW", b"OF", b"OD", b"OL", b"OV", b"SQ", b"UT", b"UN", b"UC", b"UR", b"SV", b"UV"})
 UID_FORBIDDEN = frozenset("/\\?#% \t\r\n\x00")
 MAX_UID_LENGTH = 64
+CONFORMANT_UID = pydicom.uid.RE_VALID_UID  # PS3.5 9.1 (a compiled pattern); the length is checked apart
 
 
 @dataclass(frozen=True, slots=True)
@@ -217,10 +218,10 @@ def _checked_uids(get: Callable[[str], str], warnings: list[str]) -> tuple[str, 
         if not value:
             msg = f"{keyword} is missing or empty"
             raise MissingAttribute(msg)
-        if len(value) > MAX_UID_LENGTH or any(c in UID_FORBIDDEN for c in value):
+        if len(value) > MAX_UID_LENGTH or not UID_FORBIDDEN.isdisjoint(value):
             msg = f"{keyword} is not a usable UID"
             raise MalformedInstance(msg)
-        if not pydicom.uid.UID(value).is_valid:
+        if CONFORMANT_UID.match(value) is None:  # pydicom's UID.is_valid, without making a UID (12 µs)
             warnings.append(f"{keyword} {value} is not a conformant UID")
         values.append(value)
     return values[0], values[1], values[2], values[3]
