@@ -98,7 +98,7 @@ def test_blobs_of_the_older_two_level_layout_are_still_served(tmp_path: Path) ->
     ((_, new_digest),) = staged_files(store, 2)[1:]
     store.put_files(staged_files(store, 2)[1:])
     assert store.exists(digest)
-    assert store.stored_path(digest) == path
+    assert store.stored_file(digest) == str(path)
     with store.open(digest) as blob:
         assert blob.read() == b"object 0"
     assert sorted(name for name, _ in store.iter_blobs()) == sorted([digest, new_digest])

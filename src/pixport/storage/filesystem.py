@@ -127,20 +127,13 @@ class FilesystemBlobStore:
         return self._staging
 
     def path_of(self, digest: str) -> Path:
-        """Where a new blob for ``digest`` goes (``stored_path``: where one is)."""
+        """Where a new blob for ``digest`` goes (``stored_file``: where one is)."""
         _check_digest(digest)
         return self.blobs / digest[:2] / digest
 
     def _legacy_path(self, digest: str) -> Path:
         """Where an archive written before the flat layout holds it (module doc)."""
         return self.blobs / digest[:2] / digest[2:4] / digest
-
-    def stored_path(self, digest: str) -> Path | None:
-        """The file holding the blob for ``digest``, or None."""
-        for path in (self.path_of(digest), self._legacy_path(digest)):
-            if path.exists():
-                return path
-        return None
 
     def sync_staged(self, temp: Path) -> None:
         """Fsync a staged file's data (its name is published later, by ``put_files``)."""
@@ -159,7 +152,7 @@ class FilesystemBlobStore:
             for temp, digest in files:
                 # String paths and no stat more than needed: pathlib's joins and checks were a
                 # tenth of a C-STORE's Python time here.
-                stored = self._stored_name(digest)
+                stored = self.stored_file(digest)
                 if stored is not None:
                     # Same content again: refresh its age so that a sweep of old orphans does
                     # not take it between now and the index commit that will reference it.
@@ -185,8 +178,8 @@ class FilesystemBlobStore:
                 dirty_dirs.add(first_level)
             sync_paths(self.root, sorted(dirty_dirs), directories=True)
 
-    def _stored_name(self, digest: str) -> str | None:
-        """``stored_path`` as a string."""
+    def stored_file(self, digest: str) -> str | None:
+        """The name of the file holding the blob for ``digest`` (either layout), or None."""
         _check_digest(digest)
         name = os.path.join(self._blobs_name, digest[:2], digest)  # noqa: PTH118
         if os.path.exists(name):  # noqa: PTH110
@@ -210,13 +203,14 @@ class FilesystemBlobStore:
             raise NotFound(msg) from exc
 
     def exists(self, digest: str) -> bool:
-        return self.stored_path(digest) is not None
+        return self.stored_file(digest) is not None
 
     def iter_blobs(self) -> Iterator[tuple[str, float]]:
-        for first in sorted(self.blobs.iterdir()):
-            for entry in sorted(first.iterdir()):
+        # scandir: an entry's type comes with it, so only each blob's time costs a stat.
+        for first in sorted(os.scandir(self.blobs), key=lambda entry: entry.name):
+            for entry in sorted(os.scandir(first.path), key=lambda entry: entry.name):
                 if entry.is_dir():  # a second level, written before the flat layout
-                    for blob in sorted(entry.iterdir()):
+                    for blob in sorted(os.scandir(entry.path), key=lambda entry: entry.name):
                         yield blob.name, blob.stat().st_mtime
                 else:
                     yield entry.name, entry.stat().st_mtime
