@@ -1,16 +1,20 @@
-"""Fixtures shared by the unit tests: a fresh PostgreSQL database for the hub's scale tests."""
+"""Fixtures shared by the unit tests: an empty embedded archive, a fresh PostgreSQL database (hub scale tests)."""
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import psycopg
 import pytest
 from sqlalchemy import URL, Engine, create_engine
 from sqlalchemy.engine import make_url
 
+from pixport.archive.node import Archive
+from pixport.config import Settings, StorageSettings
 from pixport.hub.audit import create_tables
+from pixport.wiring import build_archive
 
 POSTGRES_CANDIDATES = (
     "host=127.0.0.1 port=5432 dbname=postgres user=postgres",
@@ -50,3 +54,13 @@ def postgres_engine(postgres_url: URL) -> Iterator[Engine]:
         yield engine
     finally:
         engine.dispose()
+
+
+@pytest.fixture
+def empty_archive(tmp_path: Path) -> Iterator[Archive]:
+    """An embedded archive (filesystem blobs, SQLite index) in this test's folder, closed afterwards."""
+    node = build_archive(Settings(storage=StorageSettings(data_dir=tmp_path / "data")))
+    try:
+        yield node
+    finally:
+        node.close()

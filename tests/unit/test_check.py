@@ -5,16 +5,13 @@ from __future__ import annotations
 import hashlib
 import os
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from pixport.archive.check import check_archive
 from pixport.archive.node import Archive
-from pixport.config import Settings, StorageSettings
 from pixport.storage.filesystem import FilesystemBlobStore
-from pixport.wiring import build_archive
 
 CORPUS = Path(__file__).resolve().parents[3] / "shared" / "corpus"
 TINY_SERIES = CORPUS / "media" / "tiny-alpha" / "PT000000" / "ST000000" / "SE000000"
@@ -22,14 +19,11 @@ HOUR = 3600.0
 
 
 @pytest.fixture
-def archive(tmp_path: Path) -> Iterator[Archive]:
-    node = build_archive(Settings(storage=StorageSettings(data_dir=tmp_path / "data")))
-    results = node.ingest.ingest_paths(sorted(TINY_SERIES.iterdir())[:5])
+def archive(empty_archive: Archive) -> Archive:
+    """Five instances of one series, stored."""
+    results = empty_archive.ingest.ingest_paths(sorted(TINY_SERIES.iterdir())[:5])
     assert [r.status for r in results] == ["stored"] * 5
-    try:
-        yield node
-    finally:
-        node.close()
+    return empty_archive
 
 
 def fs_blobs(archive: Archive) -> FilesystemBlobStore:

@@ -4,16 +4,13 @@ from __future__ import annotations
 
 import shutil
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from pixport.archive.node import Archive
-from pixport.config import Settings, StorageSettings
 from pixport.errors import StorageUnavailable
-from pixport.wiring import build_archive
 
 CORPUS = Path(__file__).resolve().parents[3] / "shared" / "corpus"
 TINY_SERIES = CORPUS / "media" / "tiny-alpha" / "PT000000" / "ST000000" / "SE000000"
@@ -21,12 +18,8 @@ WAIT_S = 10.0
 
 
 @pytest.fixture
-def archive(tmp_path: Path) -> Iterator[Archive]:
-    node = build_archive(Settings(storage=StorageSettings(data_dir=tmp_path / "data")))
-    try:
-        yield node
-    finally:
-        node.close()
+def archive(empty_archive: Archive) -> Archive:
+    return empty_archive
 
 
 def store_one(archive: Archive) -> Any:
