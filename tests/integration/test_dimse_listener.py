@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 from dimse_support import AE_TITLE, CORPUS, dcmtk, free_port, tool
@@ -126,3 +127,55 @@ def test_open_associations_are_spread_over_the_processes(tmp_path: Path) -> None
         for assoc in associations:
             assoc.release()
         stop(supervisor)
+
+
+def workers_of(supervisor: subprocess.Popen[str]) -> list[int]:
+    found = subprocess.run(["pgrep", "-P", str(supervisor.pid)], capture_output=True, text=True, check=False)
+    return sorted(map(int, found.stdout.split()))
+
+
+def running(pid: int) -> bool:
+    """Whether ``pid`` is a live process (not gone, not a zombie)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def test_a_worker_stopping_leaves_its_siblings_listening(tmp_path: Path) -> None:
+    """One worker stopped alone (an operator's kill, say) must not stop the shared socket listening."""
+    port = free_port()
+    supervisor = start_supervisor(tmp_path, port, workers=2)
+    try:
+        first, _ = workers_of(supervisor)
+        os.kill(first, signal.SIGTERM)
+        deadline = time.monotonic() + 20
+        while running(first) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not running(first)
+        for _ in range(4):  # served by the sibling (or the replacement), never refused
+            assert dcmtk("echoscu", "-aec", AE_TITLE, "127.0.0.1", port).returncode == 0
+    finally:
+        stop(supervisor)
+
+
+def test_workers_stop_when_their_supervisor_is_killed(tmp_path: Path) -> None:
+    """A supervisor killed outright (SIGKILL, the OOM killer) leaves no worker holding the port."""
+    port = free_port()
+    supervisor = start_supervisor(tmp_path, port, workers=2)
+    workers = workers_of(supervisor)
+    assert len(workers) == 2
+    supervisor.kill()
+    supervisor.wait(20)
+    try:
+        deadline = time.monotonic() + 20
+        while any(running(pid) for pid in workers) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not any(running(pid) for pid in workers)
+    finally:
+        for pid in filter(running, workers):  # orphans would hold the port and the stderr pipe
+            os.kill(pid, signal.SIGKILL)
+        if supervisor.stderr is not None:
+            supervisor.stderr.close()  # its reader has seen the end: no worker holds the pipe
+    stop(start_supervisor(tmp_path, port, workers=1))  # the port is free again

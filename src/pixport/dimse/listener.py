@@ -13,6 +13,8 @@ SIGTERM or SIGINT.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import gc
 import json
 import os
@@ -31,6 +33,8 @@ from pixport.logs import configure_logging
 
 WORKER_FLAG = "PIXPORT_DIMSE_WORKER"
 LISTEN_FD = "PIXPORT_DIMSE_LISTEN_FD"  # the inherited listening socket's descriptor
+SUPERVISOR_PID = "PIXPORT_DIMSE_SUPERVISOR_PID"
+PR_SET_PDEATHSIG = 1  # prctl(2)
 LISTEN_BACKLOG = 128
 RESTART_DELAY = 1.0
 
@@ -78,7 +82,12 @@ def serve(settings: Settings) -> None:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, stop)
-    if os.environ.get(WORKER_FLAG) != "1":
+    if os.environ.get(WORKER_FLAG) == "1":
+        if not stop_with_supervisor():
+            server.server_close()
+            archive.close()
+            return
+    else:
         # Python leaves SIGINT ignored when a non-interactive shell started it in the
         # background; a listener on its own still stops on Ctrl-C or ``kill -INT``.  A worker
         # leaves SIGINT to its supervisor, which stops every worker with SIGTERM.
@@ -107,6 +116,20 @@ def serve(settings: Settings) -> None:
         log.info("dimse.stopped", pid=os.getpid())
 
 
+def stop_with_supervisor() -> bool:
+    """Have the kernel send this worker SIGTERM when its supervisor dies (Linux; elsewhere not).
+
+    A supervisor killed outright (SIGKILL, the OOM killer) cannot stop its workers: they went on
+    serving the port as orphans, and a new supervisor could not bind it.  False if the
+    supervisor is gone already (it died before the request took effect).
+    """
+    libc_name = ctypes.util.find_library("c")
+    prctl = getattr(ctypes.CDLL(libc_name, use_errno=True), "prctl", None) if libc_name else None
+    if prctl is not None:
+        prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    return os.getppid() == int(os.environ.get(SUPERVISOR_PID, os.getppid()))
+
+
 def supervise(settings: Settings, workers: int) -> None:
     """Start ``workers`` listener processes; restart any that dies; stop them all on a signal."""
     from pixport.wiring import build_index  # noqa: PLC0415
@@ -115,7 +138,13 @@ def supervise(settings: Settings, workers: int) -> None:
     log = structlog.get_logger(__name__)
     listening = socket.create_server((settings.dimse.host, settings.dimse.port), backlog=LISTEN_BACKLOG)
     fd = listening.fileno()
-    environment = {**os.environ, **settings_environment(settings), WORKER_FLAG: "1", LISTEN_FD: str(fd)}
+    environment = {
+        **os.environ,
+        **settings_environment(settings),
+        WORKER_FLAG: "1",
+        LISTEN_FD: str(fd),
+        SUPERVISOR_PID: str(os.getpid()),
+    }
     environment.setdefault("MALLOC_ARENA_MAX", "2")
     command = [sys.executable, "-m", "pixport.dimse.listener"]
 

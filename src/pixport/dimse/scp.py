@@ -117,7 +117,14 @@ class ListenerServer(ThreadedAssociationServer):
 
     def server_close(self) -> None:
         self.acceptors.empty(close=True)
-        super().server_close()
+        if self.shared_socket is None:
+            super().server_close()
+            return
+        # Not pynetdicom's server_close: its shutdown(SHUT_RDWR) of the listening socket stops
+        # it listening in every process that shares it.  A worker stopping on its own left its
+        # siblings polling a dead socket (accept failing with EINVAL at once, at 100% CPU).
+        if self.socket is not None:
+            self.socket.close()
 
     def server_bind(self) -> None:
         if self.shared_socket is None:
