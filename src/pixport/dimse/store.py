@@ -12,8 +12,8 @@ the data's fsync runs on a helper thread while the data set is parsed and its in
 written: the chain of waits before the answer is shorter (small studies +8%).  With other
 associations active in the same process, their work fills those waits, and handing each fsync
 to a helper and back (thread switches, futex calls) cost more CPU than it saved: syncing on
-the association's own thread instead took 20% less CPU per small instance and stored 7% more
-per second on four associations (the CT: 15% less CPU, 8% more per second).
+the association's own thread there took 11% less CPU per small instance and stored 6% more
+per second on four associations (the CT: 13% less CPU, 7% more per second).
 """
 
 from __future__ import annotations
