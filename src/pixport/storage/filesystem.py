@@ -55,10 +55,8 @@ _SYNCFS = _load_syncfs()
 PER_PATH_SYNC_LIMIT = 8
 
 
-def sync_paths(directory: Path, paths: Sequence[Path], *, directories: bool | None = None) -> None:
-    """Make ``paths`` (files or directories on ``directory``'s filesystem) durable.
-
-    ``directories``: whether they all are directories, or None to look at each.
+def sync_paths(directory: Path, paths: Sequence[Path], *, directories: bool) -> None:
+    """Make ``paths`` (all files, or all ``directories``, on ``directory``'s filesystem) durable.
 
     A few paths (a C-STORE commits one object) are fsynced one by one: that waits for our own
     data only.  syncfs(2) flushes every dirty page of the filesystem, other processes' too, and
@@ -69,7 +67,7 @@ def sync_paths(directory: Path, paths: Sequence[Path], *, directories: bool | No
     """
     if _SYNCFS is None or len(paths) <= PER_PATH_SYNC_LIMIT:
         for path in paths:
-            fsync_path(path, directory=path.is_dir() if directories is None else directories)
+            fsync_path(path, directory=directories)
         return
     fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
     try:
