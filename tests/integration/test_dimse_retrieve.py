@@ -36,7 +36,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     StudyRootQueryRetrieveInformationModelGet,
 )
 
-from pixport.dimse import pdata
+from pixport.dimse import pdata, retrieve
 
 CT = CORPUS / "modality" / "ct" / "CT_small.dcm"
 UID_ROOT = "1.2.826.0.1.3680043.8.498."
@@ -166,6 +166,48 @@ def test_movescu_destination_receives_every_instance_as_stored(
     # Each C-STORE to the destination, each pending C-MOVE response and the final one.
     assert direct_sends == [True] * (2 * len(cts) + 1)
     assert responses_read == [True] * len(cts)
+
+
+@pytest.mark.parametrize("read_ahead", [True, False])
+def test_the_next_blob_is_read_while_the_peer_stores_the_current_one(
+    listener: Listener, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *, read_ahead: bool
+) -> None:
+    """Each C-STORE sent, the next sub-operation's blob is read before the response is awaited.
+
+    Without it (an instance above ``LOOKAHEAD_MAX_BYTES``) each blob is read after the response
+    to the one before.
+    """
+    if not read_ahead:
+        monkeypatch.setattr(retrieve, "LOOKAHEAD_MAX_BYTES", 1000)  # below every CT here
+    cts = larger_cts(tmp_path / "cts", 3)
+    study = store(listener, cts)
+    events: list[str] = []
+    blobs = listener.archive.blobs
+    original_open, original_response = blobs.open, pdata.c_store_response
+
+    def recording_open(digest: str) -> Any:
+        events.append("read")
+        return original_open(digest)
+
+    def recording_response(pdu: bytes, message_id: int, context_id: int, request: Any = None) -> Any:
+        events.append("response")
+        return original_response(pdu, message_id, context_id, request)
+
+    monkeypatch.setattr(blobs, "open", recording_open)
+    monkeypatch.setattr(pdata, "c_store_response", recording_response)
+    out = tmp_path / "got"
+    out.mkdir()
+    result = dcmtk(
+        "getscu", "+B", "-S", "-aet", "GETSCU", "-aec", AE_TITLE, "-od", out,
+        "-k", "QueryRetrieveLevel=STUDY", "-k", f"StudyInstanceUID={study}", "127.0.0.1", listener.port,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    monkeypatch.undo()
+    if read_ahead:
+        assert events == ["read", "read", "response", "read", "response", "response"]
+    else:
+        assert events == ["read", "response"] * 3
+    assert_received_as_stored(listener, out, cts)
 
 
 def test_a_missing_blob_fails_its_sub_operation_only(listener: Listener, tmp_path: Path) -> None:

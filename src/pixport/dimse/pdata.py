@@ -26,7 +26,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from pydicom.datadict import tag_for_keyword
@@ -318,8 +318,11 @@ NO_RESPONSE = object()  # none within the DIMSE timeout
 READ_RESPONSES = True
 
 
-def exchange(assoc: Any, request: Any, context_id: int) -> Any:
+def exchange(assoc: Any, request: Any, context_id: int, while_waiting: Callable[[], None] | None = None) -> Any:
     """Send a request and wait for its response primitive, reading it on this thread where possible.
+
+    ``while_waiting`` runs once the request is sent, before the response is awaited: work for
+    this thread while the peer works on the request.  It must not raise.
 
     The response is read from the association's borrowed socket (``reactor.borrow_socket``) and
     decoded by ``c_store_response``: no hand-over to the DUL thread and back.  Anything else that
@@ -332,6 +335,8 @@ def exchange(assoc: Any, request: Any, context_id: int) -> Any:
     result: Any = None
     with dul.borrow_socket() if borrowing else contextlib.nullcontext() as reader:
         send_message(assoc, request, context_id)
+        if while_waiting is not None:
+            while_waiting()
         if reader is not None:
             try:
                 data = reader.read_pdu(assoc.dimse_timeout)

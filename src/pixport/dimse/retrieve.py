@@ -46,6 +46,7 @@ UNIQUE_KEYS = ("PatientID", "StudyInstanceUID", "SeriesInstanceUID", "SOPInstanc
 SOP_CLASS_UID = Tag(0x0008, 0x0016)
 SOP_INSTANCE_UID = Tag(0x0008, 0x0018)
 UNCOMPRESSED = frozenset({ExplicitVRLittleEndian, ImplicitVRLittleEndian})
+LOOKAHEAD_MAX_BYTES = 64 * 1024 * 1024
 
 
 def find_instances(archive: Archive, identifier: Dataset) -> list[StoredInstance]:
@@ -104,8 +105,10 @@ def _even(value: bytes) -> bytes:
     return value + b"\0" if len(value) % 2 else value
 
 
-def send_stored(assoc: Any) -> None:
+def send_stored(assoc: Any, lookahead: Lookahead | None = None) -> None:
     """Make ``assoc.send_c_store`` send a ``StoredDataset``'s bytes as they are.
+
+    With ``lookahead``, the next sub-operation's data set is read while the peer stores each one.
 
     Mirrors the end of pynetdicom 3.0.4's ``Association.send_c_store`` with the data set already
     encoded (the C-STORE primitive carries encoded bytes).  Other data sets go through unchanged.
@@ -139,7 +142,7 @@ def send_stored(assoc: Any) -> None:
         assoc._reactor_checkpoint.clear()  # noqa: SLF001  as send_c_store does
         while not assoc._is_paused:  # noqa: SLF001
             time.sleep(0.0001)
-        response = pdata.exchange(assoc, request, context_id)
+        response = pdata.exchange(assoc, request, context_id, lookahead.read_next if lookahead else None)
         assoc._reactor_checkpoint.set()  # noqa: SLF001
         if response is None:
             assoc._handle_no_response()  # noqa: SLF001
@@ -229,6 +232,48 @@ def stored_dataset(archive: Archive, instance: StoredInstance, accepted: set[tup
     return StoredDataset(*uids, stored_syntax, b"")
 
 
+class Lookahead:
+    """Sub-operations' data sets, the next one read while the peer stores the current one.
+
+    Each C-STORE sub-operation waits for the peer to receive the data set and answer; reading
+    the next blob then, instead of after the answer, takes it off the chain of waits
+    (``send_stored`` calls ``read_next`` once a request is sent).  One instance at most is held
+    ahead, and only one no larger than ``LOOKAHEAD_MAX_BYTES``: a retrieve of large multi-frame
+    objects holds one at a time, as before.
+    """
+
+    def __init__(self, archive: Archive, instances: list[StoredInstance], accepted: set[tuple[str, str]]) -> None:
+        self._archive = archive
+        self.instances = instances
+        self._accepted = accepted  # filled when the sending association is established (C-MOVE)
+        self._taken = -1
+        self._ahead: tuple[int, Dataset | Exception] | None = None
+
+    def take(self, position: int) -> Dataset:
+        """The data set of ``instances[position]`` (``stored_dataset``), read ahead or now."""
+        self._taken = position
+        ahead, self._ahead = self._ahead, None
+        if ahead is None or ahead[0] != position:
+            return stored_dataset(self._archive, self.instances[position], self._accepted)
+        if isinstance(ahead[1], Exception):
+            raise ahead[1]
+        return ahead[1]
+
+    def read_next(self) -> None:
+        """Read the data set after the one taken last, if small enough; a failure waits for ``take``."""
+        position = self._taken + 1
+        if (
+            self._ahead is not None
+            or position >= len(self.instances)
+            or self.instances[position].size > LOOKAHEAD_MAX_BYTES
+        ):
+            return
+        try:
+            self._ahead = (position, stored_dataset(self._archive, self.instances[position], self._accepted))
+        except Exception as exc:  # noqa: BLE001  raised by ``take``: the sub-operation it belongs to fails
+            self._ahead = (position, exc)
+
+
 def storage_contexts(instances: list[StoredInstance]) -> list[PresentationContext]:
     """Contexts to propose to a move destination: each stored (class, syntax), and Explicit VR LE."""
     contexts: dict[tuple[str, tuple[str, ...]], None] = {}
@@ -271,8 +316,9 @@ def handle_c_get(event: Any, archive: Archive) -> Iterator[Any]:
     accepted = {
         (str(cx.abstract_syntax), str(cx.transfer_syntax[0])) for cx in event.assoc.accepted_contexts if cx.as_scu
     }
-    send_stored(event.assoc)
-    yield from _suboperations(event, archive, instances, accepted, [event.assoc])
+    lookahead = Lookahead(archive, instances, accepted)
+    send_stored(event.assoc, lookahead)
+    yield from _suboperations(event, lookahead, [event.assoc])
 
 
 def handle_c_move(event: Any, archive: Archive, settings: DimseSettings) -> Iterator[Any]:
@@ -294,10 +340,11 @@ def handle_c_move(event: Any, archive: Archive, settings: DimseSettings) -> Iter
         failure = SUCCESS
     accepted: set[tuple[str, str]] = set()
     senders: list[Any] = []
+    lookahead = Lookahead(archive, instances, accepted)
 
     def remember_contexts(assoc_event: Any) -> None:
         accepted.update(accepted_pairs(assoc_event.assoc))
-        send_stored(assoc_event.assoc)
+        send_stored(assoc_event.assoc, lookahead)
         senders.append(assoc_event.assoc)
 
     ssl_context = client_ssl_context(settings, destination)
@@ -317,31 +364,27 @@ def handle_c_move(event: Any, archive: Archive, settings: DimseSettings) -> Iter
     log.info("dimse.move", destination=destination.ae_title, instances=len(instances))
     pdata.send_directly(event.assoc)  # the pending C-MOVE responses
     yield len(instances)
-    yield from _suboperations(event, archive, instances, accepted, senders)
+    yield from _suboperations(event, lookahead, senders)
 
 
-def _suboperations(
-    event: Any, archive: Archive, instances: list[StoredInstance], accepted: set[tuple[str, str]], senders: list[Any]
-) -> Iterator[tuple[int, Dataset | None]]:
+def _suboperations(event: Any, lookahead: Lookahead, senders: list[Any]) -> Iterator[tuple[int, Dataset | None]]:
     """Each sub-operation's (status, data set); ``senders``: the associations that send them."""
     try:
-        yield from _each_suboperation(event, archive, instances, accepted)
+        yield from _each_suboperation(event, lookahead)
     finally:
         for assoc in senders:
             wake_dul(assoc)  # the association's next PDUs are its DUL thread's to read
 
 
-def _each_suboperation(
-    event: Any, archive: Archive, instances: list[StoredInstance], accepted: set[tuple[str, str]]
-) -> Iterator[tuple[int, Dataset | None]]:
-    for instance in instances:
+def _each_suboperation(event: Any, lookahead: Lookahead) -> Iterator[tuple[int, Dataset | None]]:
+    for position, instance in enumerate(lookahead.instances):
         if event.is_cancelled:
             cancelled = Dataset()
             cancelled.FailedSOPInstanceUIDList = []
             yield 0xFE00, cancelled
             return
         try:
-            dataset = stored_dataset(archive, instance, accepted)
+            dataset = lookahead.take(position)
         except Exception as exc:  # noqa: BLE001  a blob that cannot be read fails one sub-operation
             log.error(  # noqa: TRY400  type only: a traceback may quote patient data
                 "dimse.retrieve.read_failed", sop_instance_uid=instance.sop_instance_uid, error=type(exc).__name__
