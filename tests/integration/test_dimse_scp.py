@@ -360,6 +360,33 @@ def test_each_association_gets_its_own_copy_of_the_supported_contexts(listener: 
     assert second[0].transfer_syntax == server[0].transfer_syntax == before
 
 
+def test_the_listener_counts_the_associations_it_serves(listener: Listener) -> None:
+    """``serving`` follows associations as they come and go, as pynetdicom's thread count does."""
+    server = listener.server
+    assert server.serving == len(server.active_associations) == 0
+    ae = AE(ae_title="COUNTED")
+    ae.add_requested_context("1.2.840.10008.1.1")
+    first = ae.associate("127.0.0.1", listener.port, ae_title=AE_TITLE)
+    second = ae.associate("127.0.0.1", listener.port, ae_title=AE_TITLE)
+    try:
+        assert first.is_established
+        assert second.is_established
+        assert server.serving == len(server.active_associations) == 2
+        first.release()
+        deadline = time.monotonic() + 5
+        while server.serving != 1 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert server.serving == len(server.active_associations) == 1
+        second.abort()
+        while server.serving != 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert server.serving == len(server.active_associations) == 0
+    finally:
+        for assoc in (first, second):
+            if assoc.is_established:
+                assoc.abort()
+
+
 def test_the_data_fsync_overlaps_parsing_only_for_a_lone_association(
     listener: Listener, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -82,7 +82,10 @@ def handle_c_store(event: Any, archive: Archive) -> Dataset | int:
 def _alone(assoc: Any) -> bool:
     """Whether ``assoc`` is the only association its server is serving (module doc)."""
     server = getattr(assoc, "_server", None)
-    return server is None or len(server.active_associations) <= 1
+    if server is None:
+        return True
+    serving = getattr(server, "serving", None)  # a scp.ListenerServer counts them
+    return (len(server.active_associations) if serving is None else serving) <= 1
 
 
 def _store(ingest: IngestPipeline, path: Path, request: Any, source: str, *, overlap: bool) -> Dataset | int:
