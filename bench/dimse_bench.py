@@ -244,8 +244,11 @@ def start_orthanc(tmp: Path, label: str, args: argparse.Namespace, move: Node) -
     return node
 
 
-def pixport_env(workdir: Path, port: int, workers: int, move: Node) -> dict[str, str]:
+def pixport_env(
+    workdir: Path, port: int, workers: int, move: Node, extra: dict[str, str] | None = None
+) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PIXPORT_")}
+    env.update(extra or {})
     remotes = [
         {"ae_title": MOVE_AET, "host": HOST, "port": move.port},
         {"ae_title": BENCH_AET, "host": HOST, "port": 104},  # a known caller; never called back
@@ -278,12 +281,16 @@ def listener_command(explicit: str | None) -> list[str]:
     return [str(venv_python if venv_python.exists() else Path(sys.executable)), "-m", "pixport.dimse.listener"]
 
 
-def start_pixport(tmp: Path, label: str, args: argparse.Namespace, move: Node) -> Node:
+def start_pixport(
+    tmp: Path, label: str, args: argparse.Namespace, move: Node, extra_env: dict[str, str] | None = None
+) -> Node:
+    """``extra_env``: more environment for the listener (``dimse_ab.py`` puts another build on PYTHONPATH)."""
     workdir = Path(tempfile.mkdtemp(prefix=f"pixport-dimse-{label}-", dir=tmp))
     port = ab.free_port()
     cmd = args.listener_cmd
     log_path = workdir / "pixport.log"
-    proc = ab._spawn(cmd, pixport_env(workdir, port, args.workers, move), workdir, log_path)  # noqa: SLF001
+    env = pixport_env(workdir, port, args.workers, move, extra_env)
+    proc = ab._spawn(cmd, env, workdir, log_path)  # noqa: SLF001
     server = ab.Server(PIXPORT, proc, "", "", workdir, log_path, "")
     ab._LIVE.append(server)  # noqa: SLF001
     server.info["command"] = cmd
