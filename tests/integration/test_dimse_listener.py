@@ -18,7 +18,10 @@ from pixport import build_archive, load_settings
 from pixport.archive.check import check_archive
 
 
-def start_supervisor(tmp_path: Path, port: int, workers: int, *, sigint_ignored: bool = False) -> subprocess.Popen[str]:
+def start_supervisor(
+    tmp_path: Path, port: int, workers: int, *, sigint_ignored: bool = False, wait: bool = True
+) -> subprocess.Popen[str]:
+    """The listener's supervisor, once every worker says it accepts (unless not ``wait``)."""
     environment = {
         **os.environ,
         "PIXPORT_STORAGE__DATA_DIR": str(tmp_path / "data"),
@@ -35,6 +38,9 @@ def start_supervisor(tmp_path: Path, port: int, workers: int, *, sigint_ignored:
         preexec_fn=(lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)) if sigint_ignored else None,  # noqa: PLW1509  no threads in this test process need it
     )
     assert supervisor.stderr is not None
+    if not wait:
+        threading.Thread(target=supervisor.stderr.read, daemon=True).start()  # keep the pipe drained
+        return supervisor
     ready = 0
     for line in supervisor.stderr:  # every worker logs dimse.listening once it accepts
         ready += "dimse.listening" in line
@@ -127,6 +133,42 @@ def test_open_associations_are_spread_over_the_processes(tmp_path: Path) -> None
         for assoc in associations:
             assoc.release()
         stop(supervisor)
+
+
+def test_the_first_associations_are_spread_over_the_processes(tmp_path: Path) -> None:
+    """A burst the moment the port accepts goes to every worker, not to the first one up.
+
+    The supervisor listens only once each worker is ready; a process up a few hundred
+    milliseconds before its siblings took a whole burst before.
+    """
+    port = free_port()
+    supervisor = start_supervisor(tmp_path, port, workers=2, wait=False)
+    ae = AE(ae_title="BURST")
+    ae.add_requested_context(Verification)
+    associations = []
+    try:
+        deadline = time.monotonic() + 60
+        while not listening(port) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        for _ in range(4):  # the moment it listens
+            assoc = ae.associate("127.0.0.1", port, ae_title=AE_TITLE)
+            assert assoc.is_established
+            associations.append(assoc)
+        pids = serving_processes(port)
+        assert len(set(pids)) == 2
+        assert sorted(pids.count(pid) for pid in set(pids)) == [2, 2]
+    finally:
+        for assoc in associations:
+            assoc.release()
+        stop(supervisor)
+
+
+def listening(port: int) -> bool:
+    """Whether a socket listens on ``port`` (from ``ss``: no connection is made to find out)."""
+    found = subprocess.run(
+        ["ss", "-Hltn", "(", "sport", "=", f":{port}", ")"], capture_output=True, text=True, check=True
+    ).stdout
+    return bool(found.strip())
 
 
 def workers_of(supervisor: subprocess.Popen[str]) -> list[int]:

@@ -18,12 +18,14 @@ import ctypes.util
 import gc
 import json
 import os
+import select
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from types import FrameType
 
 import structlog
@@ -34,6 +36,9 @@ from pixport.logs import configure_logging
 WORKER_FLAG = "PIXPORT_DIMSE_WORKER"
 LISTEN_FD = "PIXPORT_DIMSE_LISTEN_FD"  # the inherited listening socket's descriptor
 SUPERVISOR_PID = "PIXPORT_DIMSE_SUPERVISOR_PID"
+READY_FD = "PIXPORT_DIMSE_READY_FD"  # a pipe a first worker writes to once it is ready to accept
+GO_FD = "PIXPORT_DIMSE_GO_FD"  # a pipe the supervisor closes once the shared socket listens
+READY_TIMEOUT = 120.0  # the supervisor listens then even if a first worker is not ready
 PR_SET_PDEATHSIG = 1  # prctl(2)
 LISTEN_BACKLOG = 128
 RESTART_DELAY = 1.0
@@ -97,16 +102,20 @@ def serve(settings: Settings) -> None:
     gc.collect()
     gc.freeze()
     server.acceptors.fill()  # after the freeze: its objects are freed when it has served
-    # Said when this process is about to accept (a full collection and the first acceptor
-    # take tens of milliseconds in a fresh process): a sibling process, or a test, counts on it.
-    log.info(
-        "dimse.listening",
-        ae_title=settings.dimse.ae_title,
-        host=settings.dimse.host,
-        port=server.server_address[1],
-        pid=os.getpid(),
-    )
     try:
+        if shared is not None:
+            report_ready()
+            if not wait_until_listening(shared):
+                return  # the supervisor died before it listened
+        # Said when this process is about to accept (a full collection and the first acceptor
+        # take tens of milliseconds in a fresh process): a sibling process, or a test, counts on it.
+        log.info(
+            "dimse.listening",
+            ae_title=settings.dimse.ae_title,
+            host=settings.dimse.host,
+            port=server.server_address[1],
+            pid=os.getpid(),
+        )
         server.serve_forever()
     except KeyboardInterrupt:
         pass
@@ -114,6 +123,35 @@ def serve(settings: Settings) -> None:
         server.server_close()
         archive.close()
         log.info("dimse.stopped", pid=os.getpid())
+
+
+def report_ready() -> None:
+    """Tell the supervisor, if it waits for it, that this worker is ready to accept."""
+    ready = os.environ.pop(READY_FD, None)
+    if ready is None:
+        return
+    try:
+        os.write(int(ready), b".")
+    except OSError:
+        pass  # the supervisor stopped waiting: it listens already, or it is gone
+    finally:
+        os.close(int(ready))
+
+
+def wait_until_listening(shared: socket.socket) -> bool:
+    """Wait until the supervisor has made the shared socket listen (it waits for every first worker).
+
+    Serving a socket that does not listen yet would be a busy loop: every wait for a connection
+    returns at once.  False if the socket does not listen when the wait ends (the supervisor
+    died first).
+    """
+    go = os.environ.pop(GO_FD, None)
+    if go is not None:
+        try:
+            os.read(int(go), 1)  # end of file once the supervisor has closed its end
+        finally:
+            os.close(int(go))
+    return bool(shared.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN))
 
 
 def stop_with_supervisor() -> bool:
@@ -136,7 +174,7 @@ def supervise(settings: Settings, workers: int) -> None:
 
     build_index(settings).close()  # the schema, once, before workers race to create it
     log = structlog.get_logger(__name__)
-    listening = socket.create_server((settings.dimse.host, settings.dimse.port), backlog=LISTEN_BACKLOG)
+    listening = bound_socket(settings.dimse.host, settings.dimse.port)
     fd = listening.fileno()
     environment = {
         **os.environ,
@@ -148,10 +186,14 @@ def supervise(settings: Settings, workers: int) -> None:
     environment.setdefault("MALLOC_ARENA_MAX", "2")
     command = [sys.executable, "-m", "pixport.dimse.listener"]
 
-    def start() -> subprocess.Popen[bytes]:
-        return subprocess.Popen(command, env=environment, pass_fds=(fd,))  # noqa: S603
+    go_read, go_write = os.pipe()
 
-    processes = [start() for _ in range(workers)]
+    def start(ready: int | None = None) -> subprocess.Popen[bytes]:
+        if ready is None:  # a restarted worker: the socket listens already
+            return subprocess.Popen(command, env=environment, pass_fds=(fd,))  # noqa: S603
+        first = {**environment, READY_FD: str(ready), GO_FD: str(go_read)}
+        return subprocess.Popen(command, env=first, pass_fds=(fd, ready, go_read))  # noqa: S603
+
     stopping = False
 
     def stop(signum: int, frame: FrameType | None) -> None:  # noqa: ARG001
@@ -160,9 +202,21 @@ def supervise(settings: Settings, workers: int) -> None:
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    port = listening.getsockname()[1]
-    log.info("dimse.supervisor", workers=workers, host=settings.dimse.host, port=port, pid=os.getpid())
+    processes: list[subprocess.Popen[bytes]] = []
     try:
+        try:
+            start_first_workers(start, workers, processes, lambda: stopping)
+        finally:
+            os.close(go_read)
+        # Listening only now that every worker can accept: the callers of the first moments
+        # are spread over them.  (Listening from the start, a process up a few hundred
+        # milliseconds before its siblings took every association of a burst: the benchmark's
+        # four associations often ran on one process, at two thirds of the rate.)
+        listening.listen(LISTEN_BACKLOG)
+        os.close(go_write)  # the first workers start accepting
+        go_write = -1
+        port = listening.getsockname()[1]
+        log.info("dimse.supervisor", workers=workers, host=settings.dimse.host, port=port, pid=os.getpid())
         while not stopping:
             time.sleep(0.2)
             for position, process in enumerate(processes):
@@ -179,7 +233,49 @@ def supervise(settings: Settings, workers: int) -> None:
                 process.wait(10)
             except subprocess.TimeoutExpired:
                 process.kill()
+        if go_write >= 0:
+            os.close(go_write)
         listening.close()
+
+
+def bound_socket(host: str, port: int) -> socket.socket:
+    """A TCP socket bound to (host, port), not listening yet: ``socket.create_server`` minus listen."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def start_first_workers(
+    start: Callable[[int], subprocess.Popen[bytes]],
+    workers: int,
+    processes: list[subprocess.Popen[bytes]],
+    stopping: Callable[[], bool],
+) -> None:
+    """Start ``workers`` processes into ``processes``; wait until each is ready, has died, or ``READY_TIMEOUT``."""
+    waiting: dict[int, subprocess.Popen[bytes]] = {}
+    for _ in range(workers):
+        read_end, write_end = os.pipe()
+        try:
+            processes.append(start(write_end))
+        finally:
+            os.close(write_end)  # the worker holds it now: end of file once it wrote or died
+        waiting[read_end] = processes[-1]
+    deadline = time.monotonic() + READY_TIMEOUT
+    try:
+        while waiting and not stopping() and time.monotonic() < deadline:
+            readable, _, _ = select.select(list(waiting), [], [], 0.2)
+            for read_end in readable:
+                os.read(read_end, 1)  # a byte: ready; nothing: the worker died first (restarted later)
+                os.close(read_end)
+                del waiting[read_end]
+    finally:
+        for read_end in waiting:
+            os.close(read_end)
 
 
 if __name__ == "__main__":
