@@ -18,9 +18,7 @@ def test_no_forced_full_collection_between_requests(monkeypatch: pytest.MonkeyPa
     AssociationServer.service_actions(due)  # type: ignore[arg-type]
     assert collections == [2]  # what pynetdicom does: the premise of the override
     filled: list[bool] = []
-    idle = SimpleNamespace(
-        _gc=[59, 59], active_associations=[], acceptors=SimpleNamespace(fill=lambda: filled.append(True))
-    )
+    idle = SimpleNamespace(_gc=[59, 59], serving=0, acceptors=SimpleNamespace(fill=lambda: filled.append(True)))
     ListenerServer.service_actions(idle)  # type: ignore[arg-type]
     assert collections == [2]
     assert filled == [True]  # what it does instead while idle: an acceptor made ready (acceptor.py)
@@ -28,6 +26,6 @@ def test_no_forced_full_collection_between_requests(monkeypatch: pytest.MonkeyPa
 
 def test_no_acceptor_is_made_between_requests_while_an_association_is_active() -> None:
     filled: list[bool] = []
-    busy = SimpleNamespace(active_associations=[object()], acceptors=SimpleNamespace(fill=lambda: filled.append(True)))
+    busy = SimpleNamespace(serving=1, acceptors=SimpleNamespace(fill=lambda: filled.append(True)))
     ListenerServer.service_actions(busy)  # type: ignore[arg-type]
     assert filled == []

@@ -7,8 +7,9 @@ point (``pixport dimse serve`` calls it); ``python -m pixport.dimse.listener`` r
 settings from the environment and ``PIXPORT_CONFIG``.  With several workers this process
 becomes a light supervisor: it creates the index schema once, binds the port, starts each
 worker as a fresh ``python -m pixport.dimse.listener`` process that inherits the socket and
-gets the settings in its environment, restarts a worker that dies, and stops them all on
-SIGTERM or SIGINT.
+gets the settings in its environment, listens once every worker has said it is ready (so
+that the first callers are spread over them too), restarts a worker that dies, and stops them
+all on SIGTERM or SIGINT.
 """
 
 from __future__ import annotations
