@@ -7,9 +7,10 @@ end the test by pytest's timeout.
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Iterator
 
 import pytest
 
@@ -20,54 +21,40 @@ DIES = "raise SystemExit(3)"
 HANGS = "import time; time.sleep(30)"
 
 
-def starter(scripts: list[str]) -> tuple[list[int], Callable[[int], subprocess.Popen[bytes]]]:
-    """A ``start`` that runs the next script with the ready pipe's descriptor as its argument."""
-    given: list[int] = []
+@contextlib.contextmanager
+def first_workers(scripts: list[str], *, stopping: bool = False) -> Iterator[list[subprocess.Popen[bytes]]]:
+    """``start_first_workers`` with one script per worker (given its ready pipe's descriptor);
+    the processes it started, killed afterwards."""
+    remaining = iter(scripts)
 
     def start(ready: int) -> subprocess.Popen[bytes]:
-        given.append(ready)
-        script = scripts[len(given) - 1]
-        return subprocess.Popen([sys.executable, "-c", script, str(ready)], pass_fds=(ready,))
+        return subprocess.Popen([sys.executable, "-c", next(remaining), str(ready)], pass_fds=(ready,))
 
-    return given, start
-
-
-def stop_all(processes: list[subprocess.Popen[bytes]]) -> None:
-    for process in processes:
-        process.kill()
-        process.wait()
+    processes: list[subprocess.Popen[bytes]] = []
+    try:
+        listener.start_first_workers(start, len(scripts), processes, lambda: stopping)
+        yield processes
+    finally:
+        for process in processes:
+            process.kill()
+            process.wait()
 
 
 def test_the_wait_ends_once_every_worker_is_ready_or_dead(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(listener, "READY_TIMEOUT", 3600.0)
-    _, start = starter([REPORTS_READY, DIES])
-    processes: list[subprocess.Popen[bytes]] = []
-    try:
-        listener.start_first_workers(start, 2, processes, lambda: False)
+    with first_workers([REPORTS_READY, DIES]) as processes:
         assert len(processes) == 2
         assert processes[1].wait(10) == 3
-    finally:
-        stop_all(processes)
 
 
 def test_a_worker_that_never_reports_holds_the_wait_only_until_the_timeout(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(listener, "READY_TIMEOUT", 0.5)
-    _, start = starter([REPORTS_READY, HANGS])
-    processes: list[subprocess.Popen[bytes]] = []
-    try:
-        listener.start_first_workers(start, 2, processes, lambda: False)
+    with first_workers([REPORTS_READY, HANGS]) as processes:
         assert processes[0].wait(10) == 0
         assert processes[1].poll() is None  # still starting (30 s): not waited for
-    finally:
-        stop_all(processes)
 
 
 def test_a_stop_request_ends_the_wait(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(listener, "READY_TIMEOUT", 3600.0)
-    _, start = starter([HANGS])
-    processes: list[subprocess.Popen[bytes]] = []
-    try:
-        listener.start_first_workers(start, 1, processes, lambda: True)
+    with first_workers([HANGS], stopping=True) as processes:
         assert processes[0].poll() is None  # not waited for
-    finally:
-        stop_all(processes)
