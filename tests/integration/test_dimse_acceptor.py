@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -55,6 +56,11 @@ def test_the_next_connection_is_served_by_the_ready_acceptor(listener: Listener)
     try:
         assert assoc.is_established
         assert listener.server.active_associations == [ready]
+        # pynetdicom's acceptor marks itself established just after it has sent A-ASSOCIATE-AC,
+        # which the requestor may have read by then: a moment to catch up.
+        deadline = time.monotonic() + 5
+        while not ready.is_established and time.monotonic() < deadline:
+            time.sleep(0.01)
         assert ready.is_established
         assert ready.requestor.ae_title == "ACCEPTORTEST"
         assert assoc.send_c_echo().Status == 0
