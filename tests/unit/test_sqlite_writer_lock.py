@@ -1,9 +1,16 @@
-"""SQLite writers queue on a kernel lock beside the database, not in SQLite's busy sleeps."""
+"""SQLite writers queue on a kernel lock beside the database, not in SQLite's busy sleeps.
+
+Each write is durable before ``store_instances`` returns, its log flushed after the writer's
+turn.  A power cut cannot be produced here, so the last tests watch the flush itself:
+``os.fdatasync`` is wrapped (the real one still runs), or made to fail as a dying disk would.
+"""
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
+import sqlite3
 import threading
 from pathlib import Path
 from typing import Any
@@ -12,6 +19,7 @@ import pytest
 from pydicom.uid import generate_uid
 from sqlalchemy.exc import IntegrityError
 
+from pixport.errors import OutOfResources, StorageUnavailable
 from pixport.storage.base import NewInstance, Outcome
 from pixport.storage.sqlite import SqliteIndexStore
 
@@ -143,4 +151,103 @@ def test_before_commit_runs_before_queueing_when_another_writer_holds_the_lock(t
         assert store.count_instances() == 1
     finally:
         os.close(holder)
+        store.close()
+
+
+def lock_is_free(lock_file: Path) -> bool:
+    probe = os.open(lock_file, os.O_RDWR)  # another open file description: flock conflicts with ours
+    try:
+        fcntl.flock(probe, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    finally:
+        os.close(probe)
+    return True
+
+
+def committed_uids(database: Path) -> set[str]:
+    reader = sqlite3.connect(database)
+    try:
+        return {uid for (uid,) in reader.execute("SELECT sop_instance_uid FROM instances")}
+    finally:
+        reader.close()
+
+
+def test_the_log_is_flushed_after_commit_with_the_turn_released(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    database = tmp_path / "index.sqlite"
+    store = SqliteIndexStore(database)
+    item = new_instance()
+    seen: list[tuple[bool, bool, bool]] = []
+    real_fdatasync = os.fdatasync
+
+    def watching(fd: int) -> None:
+        is_log = os.path.samestat(os.fstat(fd), (tmp_path / "index.sqlite-wal").stat())
+        visible = item.sop_instance_uid in committed_uids(database)
+        seen.append((is_log, visible, lock_is_free(tmp_path / "index.sqlite.write-lock")))
+        real_fdatasync(fd)
+
+    monkeypatch.setattr(os, "fdatasync", watching)
+    try:
+        assert store.store_instances([item]) == [Outcome.STORED]
+    finally:
+        store.close()
+    # The write-ahead log, once, after COMMIT, while other writers may already go ahead.
+    assert seen == [(True, True, True)]
+
+
+def test_the_write_does_not_return_before_the_flush_has(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    store = SqliteIndexStore(tmp_path / "index.sqlite")
+    flushing = threading.Event()
+    disk_done = threading.Event()
+    returned = threading.Event()
+    real_fdatasync = os.fdatasync
+
+    def slow_disk(fd: int) -> None:
+        flushing.set()
+        assert disk_done.wait(30)
+        real_fdatasync(fd)
+
+    monkeypatch.setattr(os, "fdatasync", slow_disk)
+
+    def write() -> None:
+        store.store_instances([new_instance()])
+        returned.set()
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    try:
+        assert flushing.wait(30)
+        assert not returned.wait(0.3), "store_instances answered before its commit was on disk"
+        disk_done.set()
+        assert returned.wait(30)
+    finally:
+        disk_done.set()
+        writer.join(30)
+        store.close()
+
+
+@pytest.mark.parametrize(
+    ("code", "error"), [(errno.EIO, StorageUnavailable), (errno.ENOSPC, OutOfResources)], ids=["EIO", "ENOSPC"]
+)
+def test_a_failed_flush_is_an_error_and_the_next_write_works(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, code: int, error: type[Exception]
+) -> None:
+    store = SqliteIndexStore(tmp_path / "index.sqlite")
+    failing, later = new_instance(), new_instance()
+    try:
+        with monkeypatch.context() as patch:
+
+            def dying_disk(_fd: int) -> None:
+                raise OSError(code, os.strerror(code))
+
+            patch.setattr(os, "fdatasync", dying_disk)
+            with pytest.raises(error) as raised:
+                store.store_instances([failing])
+        assert failing.sop_instance_uid not in str(raised.value)
+        # Committed but never answered as stored: offered again, it is the same instance.
+        assert store.store_instances([failing, later]) == [Outcome.DUPLICATE, Outcome.STORED]
+        assert store.count_instances() == 2
+    finally:
         store.close()

@@ -74,6 +74,13 @@ class SqlIndexStore:
         """A write transaction, committed on leaving (called inside ``writing()``)."""
         return self.write_engine.begin()
 
+    def _make_durable(self) -> None:
+        """Called after each write transaction, outside the writer's turn; on return it is durable.
+
+        A server database's COMMIT returns once durable: nothing to do.  SQLite flushes its
+        log here (``SqliteIndexStore``).
+        """
+
     def create_schema(self) -> None:
         """Create tables and indexes that do not exist yet."""
         with self._errors():
@@ -155,7 +162,8 @@ class SqlIndexStore:
                 conn.execute(conflicts.insert(), conflict_rows)
             if in_transaction is not None:
                 in_transaction()
-        # Committed: these rows exist for good (studies and series are never deleted).
+        self._make_durable()
+        # Committed and durable: these rows exist for good (studies and series are never deleted).
         self._study_pks.update(study_pks)
         self._series_pks.update(series_pks)
         return outcomes
