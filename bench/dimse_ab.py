@@ -53,7 +53,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--ct", type=int, default=250, help="CT slices per store/retrieve (default %(default)s)")
     parser.add_argument("--workers", type=int, default=0, help="PIXPORT_DIMSE__WORKERS (default 0: one per core)")
     parser.add_argument("--tmp", type=Path, help="where the listeners' folders go (default: system temp)")
+    for build in BUILDS:
+        parser.add_argument(
+            f"--{build}-env",
+            action="append",
+            default=[],
+            metavar="NAME=VALUE",
+            help=f"more environment for the {build} listener (repeatable), e.g. PIXPORT_DIMSE__WORKERS=4",
+        )
     args = parser.parse_args(argv)
+    for build in BUILDS:
+        pairs = getattr(args, f"{build}_env")
+        if bad := [pair for pair in pairs if "=" not in pair]:
+            parser.error(f"--{build}-env takes NAME=VALUE, not {bad[0]!r}")
+        setattr(args, f"{build}_env", dict(pair.split("=", 1) for pair in pairs))
     args.workloads = [w.strip() for w in args.workloads.split(",") if w.strip()]
     if unknown := set(args.workloads) - set(WORKLOADS):
         parser.error(f"unknown workload(s) {', '.join(sorted(unknown))}; choose from {', '.join(WORKLOADS)}")
@@ -107,7 +120,7 @@ def run(args: argparse.Namespace, tmp: Path) -> None:
     plan = generate.ensure_data(generate.build_plan(generate.FULL_CT, generate.FULL_SMALL, generate.DEFAULT_OUT))
     small, ct = plan.small_files[: args.small], plan.ct_files[: args.ct]
     base_src = checkout(args.base, tmp / "base")
-    environments = {"base": {"PYTHONPATH": str(base_src)}, "new": {}}
+    environments = {"base": {"PYTHONPATH": str(base_src), **args.base_env}, "new": dict(args.new_env)}
     move = db.start_move_destination(tmp)
     comparison = Comparison()
     stores = {"small1": (small, 1), "small4": (small, 4), "ct1": (ct, 1), "ct4": (ct, 4)}
@@ -142,7 +155,12 @@ def run(args: argparse.Namespace, tmp: Path) -> None:
                     comparison.record(workload, build, seconds, cpu_seconds(node) - before)
         print(f"  round {round_ + 1}/{args.rounds} done", flush=True)
     instances = {w: len(ct) if w.startswith(("ct", "move", "get")) else len(small) for w in args.workloads}
-    print(f"\nbase {args.base} against this checkout; medians of {args.rounds} rounds")
+    settings = "".join(
+        f"; {b} with {' '.join(f'{k}={v}' for k, v in getattr(args, f'{b}_env').items())}"
+        for b in BUILDS
+        if getattr(args, f"{b}_env")
+    )
+    print(f"\nbase {args.base} against this checkout{settings}; medians of {args.rounds} rounds")
     comparison.print(args.workloads, instances)
 
 

@@ -248,7 +248,6 @@ def pixport_env(
     workdir: Path, port: int, workers: int, move: Node, extra: dict[str, str] | None = None
 ) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PIXPORT_")}
-    env.update(extra or {})
     remotes = [
         {"ae_title": MOVE_AET, "host": HOST, "port": move.port},
         {"ae_title": BENCH_AET, "host": HOST, "port": 104},  # a known caller; never called back
@@ -266,6 +265,7 @@ def pixport_env(
             "PIXPORT_HTTP__PORT": str(ab.free_port()),  # never collide with a node already on 8042
         }
     )
+    env.update(extra or {})  # last: may override the settings above (dimse_ab.py --new-env)
     return env
 
 
