@@ -12,6 +12,7 @@ from pydicom.dataset import Dataset
 from pynetdicom import AE, evt
 
 from pixport.dimse import fast_store, reactor
+from pixport.dimse.reactor import EventDrivenDUL
 
 FILES = [
     CORPUS / "modality" / "ct" / "CT_small.dcm",
@@ -46,6 +47,33 @@ def test_fast_path_and_pynetdicom_path_store_the_same_bytes(tmp_path: Path, monk
     assert served == ["fast"] * len(FILES)  # pynetdicom's path took the second round
     assert len(fast) == len(FILES)
     assert fast == slow
+
+
+def test_p_data_fragments_go_straight_from_the_received_pdu(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Not through pynetdicom's decoder, queues and state machine: none of them sees a P-DATA-TF."""
+    decoded: list[int] = []
+    handed: list[int] = []
+    decode = EventDrivenDUL._decode_pdu
+    receive = fast_store.FastStoreDIMSE.receive_fragments
+
+    def recording_decode(self: EventDrivenDUL, data: bytearray) -> Any:
+        decoded.append(data[0])
+        return decode(self, data)
+
+    def recording_receive(self: fast_store.FastStoreDIMSE, values: Any) -> None:
+        handed.append(len(values))
+        receive(self, values)
+
+    monkeypatch.setattr(EventDrivenDUL, "_decode_pdu", recording_decode)
+    monkeypatch.setattr(fast_store.FastStoreDIMSE, "receive_fragments", recording_receive)
+    big = CORPUS / "modality" / "ct" / "CT_small.dcm"  # about 39 kB: several 16 kB PDUs
+    for listener in start_listener(tmp_path):
+        result = dcmtk("storescu", "--max-pdu", "16384", "-aec", AE_TITLE, "127.0.0.1", listener.port, big, *FILES[1:])
+        assert result.returncode == 0, result.stderr
+        assert listener.archive.index.count_instances() == len(FILES)
+    assert 0x04 not in decoded  # the A-ASSOCIATE-RQ and A-RELEASE-RQ only
+    assert 0x01 in decoded
+    assert len(handed) >= 3 + len(FILES)  # the CT's command and at least 3 data PDUs, one command PDU and data each
 
 
 def test_a_handlers_error_comment_is_sent_in_the_default_repertoire(tmp_path: Path) -> None:

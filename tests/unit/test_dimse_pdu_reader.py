@@ -10,9 +10,10 @@ import tracemalloc
 from collections.abc import Iterator
 
 import pytest
+from pynetdicom.pdu import P_DATA_TF
 
 from pixport.dimse import pdu_reader
-from pixport.dimse.pdu_reader import ClosedBetweenPdus, UnknownPduType, read_pdu
+from pixport.dimse.pdu_reader import ClosedBetweenPdus, UnknownPduType, pdv_items, read_pdu
 
 
 @pytest.fixture
@@ -139,3 +140,37 @@ def test_a_connection_closed_inside_a_pdu_is_not_a_close_between_pdus(
     with pytest.raises(EOFError) as raised:
         read_pdu(ours, 10)
     assert not isinstance(raised.value, ClosedBetweenPdus)
+
+
+def pdv(context_id: int, control: int, data: bytes) -> bytes:
+    return struct.pack(">LBB", len(data) + 2, context_id, control) + data
+
+
+def test_pdv_items_are_views_of_each_fragment_with_its_control_header() -> None:
+    """As pynetdicom's P_DATA_TF decodes them: (context ID, control header + fragment)."""
+    whole = bytearray(pdu(0x04, pdv(1, 0x03, b"command") + pdv(3, 0x00, b"") + pdv(1, 0x02, bytes(range(256)) * 40)))
+    items = pdv_items(whole)
+    assert items is not None
+    assert all(isinstance(data, memoryview) for _, data in items)
+    decoded = P_DATA_TF()
+    decoded.decode(bytes(whole))
+    assert [(context_id, bytes(data)) for context_id, data in items] == [
+        (context_id, bytes(data)) for context_id, data in decoded.to_primitive().presentation_data_value_list
+    ]
+    whole[12] = 0x7A  # a view, not a copy: the first fragment's first byte (after 6 + 4 + 1 + 1)
+    assert bytes(items[0][1][1:2]) == b"\x7a"
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"",  # no item at all
+        struct.pack(">LBB", 50, 1, 0x02) + b"short",  # an item longer than the PDU
+        struct.pack(">LB", 1, 1),  # an item without its control header
+        pdv(1, 0x02, b"data") + b"\x00\x00",  # a truncated item header after a good item
+    ],
+    ids=["empty", "overrun", "no-control-header", "truncated-header"],
+)
+def test_a_malformed_p_data_has_no_items(body: bytes) -> None:
+    """None: the PDU is then left to pynetdicom's decoder, which aborts as it always has."""
+    assert pdv_items(bytearray(pdu(0x04, body))) is None

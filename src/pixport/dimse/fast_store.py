@@ -29,6 +29,7 @@ import contextlib
 import logging
 import os
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -115,16 +116,27 @@ class FastStoreDIMSE(reactor.WakingDIMSE):
         """The file of a data set still arriving (for the clean-up when a connection drops)."""
         return self._incoming.request._dataset_file if self._incoming else None  # noqa: SLF001
 
+    def takes_fragments(self) -> bool:
+        """Whether the next P-DATA fragments are ours to take (else pynetdicom assembles them)."""
+        return (
+            FAST_STORES
+            and self.message is None
+            and self.assoc.is_acceptor
+            and (self._incoming is not None or reactor.store_handler_is_safe_on_receiving_thread(self.assoc))
+        )
+
     def receive_primitive(self, primitive: P_DATA) -> None:
-        if (
-            not FAST_STORES
-            or self.message is not None
-            or not self.assoc.is_acceptor
-            or not (self._incoming or reactor.store_handler_is_safe_on_receiving_thread(self.assoc))
-        ):
+        if not self.takes_fragments():
             super().receive_primitive(primitive)
             return
-        values = primitive.presentation_data_value_list
+        self.receive_fragments(primitive.presentation_data_value_list)
+
+    def receive_fragments(self, values: Sequence[tuple[int, bytes | memoryview]]) -> None:
+        """A P-DATA-TF's fragments, each its control header and data, read by the DUL thread.
+
+        The DUL hands them straight from the PDU it read (``reactor.EventDrivenDUL``) when
+        ``takes_fragments``; they are views into its buffer, used before this returns.
+        """
         for position, (context_id, data) in enumerate(values):
             control = data[0]
             if self._incoming is not None:
@@ -148,7 +160,7 @@ class FastStoreDIMSE(reactor.WakingDIMSE):
                     self._forward([(context_id, bytes((COMMAND_LAST_FRAGMENT,)) + command), *values[position + 1 :]])
                     return
 
-    def _forward(self, values: list[tuple[int, bytes]]) -> None:
+    def _forward(self, values: Sequence[tuple[int, bytes | memoryview]]) -> None:
         """Hand fragments to pynetdicom's own assembly (as one P-DATA primitive)."""
         forwarded = P_DATA()
         forwarded.presentation_data_value_list = [[context_id, bytes(data)] for context_id, data in values]  # type: ignore[misc]

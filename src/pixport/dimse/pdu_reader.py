@@ -2,7 +2,8 @@
 
 pynetdicom reads a PDU 4,096 bytes per ``recv`` call, each into a new bytes object appended to
 the PDU, then copies the whole again: about 130 calls and four copies for a 512 kB CT slice.
-``read_pdu`` reads it into one buffer of its size with ``recv_into``.  It also bounds the wait
+``read_pdu`` reads it into one buffer of its size with ``recv_into``, and ``pdv_items`` finds a
+P-DATA-TF's fragments in that buffer without copying them.  ``read_pdu`` also bounds the wait
 for the rest of a PDU that has begun: pynetdicom's blocking reads would wait forever for a peer
 that stops mid-PDU without closing the connection, with the association's timers unable to
 run meanwhile.
@@ -16,6 +17,8 @@ import struct
 from collections.abc import Callable
 
 PDU_HEADER = struct.Struct(">BBL")
+PDV_ITEM_HEADER = struct.Struct(">LB")  # item length, presentation context ID (PS3.8 9.3.5.1)
+P_DATA_TF = 0x04
 PDU_TYPES = frozenset(range(0x01, 0x08))  # A-ASSOCIATE-RQ … A-ABORT (PS3.8 9.3)
 # A PDU up to this size is read into a buffer allocated at once; a larger one grows as its bytes
 # arrive, so a peer that announces a huge length and sends little costs little memory.
@@ -102,3 +105,25 @@ def _fill(
         if not received:
             raise _Closed(wanted - len(view))
         view = view[received:]
+
+
+def pdv_items(pdu: bytearray) -> list[tuple[int, memoryview]] | None:
+    """A whole P-DATA-TF PDU's items as (context ID, control header + fragment), or None.
+
+    The fragments are views into ``pdu``, not copies.  None unless every item is well formed
+    (a length of at least 2, within the PDU, and at least one item): the caller then leaves the
+    PDU to pynetdicom's decoder, which answers what is wrong as it always has.
+    """
+    view = memoryview(pdu)
+    end = len(pdu)
+    offset = PDU_HEADER.size
+    items: list[tuple[int, memoryview]] = []
+    while offset < end:
+        if end - offset < PDV_ITEM_HEADER.size + 1:
+            return None
+        length, context_id = PDV_ITEM_HEADER.unpack_from(pdu, offset)
+        if length < 2 or offset + 4 + length > end:  # noqa: PLR2004  context ID + control header
+            return None
+        items.append((context_id, view[offset + 5 : offset + 4 + length]))
+        offset += 4 + length
+    return items or None

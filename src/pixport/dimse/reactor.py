@@ -20,7 +20,10 @@ Here both loops block until there is work instead:
   those sends and every state-machine action apart, so PDUs never interleave or reorder.  Not
   over TLS: one SSL connection must not be read and written from two threads at once;
 - a C-STORE request reaching an idle acceptor is served on the DUL thread that received it
-  (``MessageQueue``), without a hand-over to the association thread.
+  (``MessageQueue``), without a hand-over to the association thread;
+- the fragments of a P-DATA-TF PDU that the DIMSE provider takes itself (``fast_store``) go to
+  it as views into the buffer the PDU was read into, without pynetdicom's decoding, queues,
+  state-machine lookup and P-DATA primitive (``_hand_fragments``: the Sta6 + Evt10 case only).
 - a thread that sends a request and waits for its response (a C-GET or C-MOVE sub-operation)
   may borrow the socket and read the response itself (``borrow_socket``): no hand-over to the
   DUL thread and back per request; what it does not take it hands to the state machine.
@@ -55,11 +58,15 @@ from pynetdicom.dul import DULServiceProvider
 from pynetdicom.pdu import A_ABORT_RQ, P_DATA_TF
 from pynetdicom.pdu_primitives import A_ASSOCIATE, A_RELEASE, P_DATA
 
-from pixport.dimse.pdu_reader import ClosedBetweenPdus, UnknownPduType, read_pdu
+from pixport.dimse.pdu_reader import P_DATA_TF as P_DATA_TF_TYPE
+from pixport.dimse.pdu_reader import ClosedBetweenPdus, UnknownPduType, pdv_items, read_pdu
 
 SUPPORTED_PYNETDICOM = "3.0."
 # Events whose handlers expect to see every PDU or message received (no borrowed reads then).
 _RECEIVE_EVENTS = (evt.EVT_PDU_RECV, evt.EVT_DATA_RECV, evt.EVT_DIMSE_RECV)
+# Events pynetdicom triggers for each PDU it reads and acts on (none then for a P-DATA-TF's
+# fragments handed straight to the DIMSE provider, see ``_hand_fragments``).
+_PER_PDU_EVENTS = (evt.EVT_PDU_RECV, evt.EVT_DATA_RECV, evt.EVT_FSM_TRANSITION)
 # Seconds either loop waits at most when nothing arrives, to look at its timers.
 IDLE_CHECK = 0.05
 
@@ -227,6 +234,8 @@ class EventDrivenDUL(DULServiceProvider):
         pdu_data = self.read_whole_pdu(transport)
         if pdu_data is None:
             return
+        if pdu_data[0] == P_DATA_TF_TYPE and self._hand_fragments(pdu_data):
+            return
         try:
             pdu, event = self._decode_pdu(pdu_data)
         except Exception:  # noqa: BLE001  as pynetdicom: an undecodable PDU is Evt19
@@ -235,6 +244,39 @@ class EventDrivenDUL(DULServiceProvider):
             return
         self.event_queue.put(event)
         self._recv_pdu.put(pdu)
+
+    def _hand_fragments(self, pdu: bytearray) -> bool:
+        """Give a P-DATA-TF's fragments to a DIMSE provider that takes them directly; whether done.
+
+        What pynetdicom does with a P-DATA-TF in Sta6 (Evt10, action DT-2) is to pass its
+        fragments to the DIMSE provider and stay in Sta6; on the way it copies the PDU twice
+        (to bytes, then each fragment), queues it and its event, looks the action up and builds
+        a P-DATA primitive: about 70 µs per 128 kB PDU of a CT slice, five per slice.  Here the
+        fragments go as views into the buffer the PDU was read into, under the lock every
+        state-machine action holds.  Only in Sta6 with no event queued ahead (so the order of
+        actions is the one pynetdicom would follow), for a well-formed PDU (a malformed one takes
+        pynetdicom's path, which aborts as before), with no handler bound to the per-PDU
+        events, and for a provider that asks for them (``FastStoreDIMSE.takes_fragments``).
+        """
+        take = getattr(self.assoc.dimse, "receive_fragments", None)
+        wanted = getattr(self.assoc.dimse, "takes_fragments", None)
+        if (
+            take is None
+            or wanted is None
+            or self.event_queue.qsize()
+            or self.state_machine.current_state != "Sta6"
+            or not wanted()
+            or any(self.assoc.get_handlers(event) for event in _PER_PDU_EVENTS)
+        ):
+            return False
+        items = pdv_items(pdu)
+        if items is None:
+            return False
+        with self._send_lock:
+            if self.state_machine.current_state != "Sta6":  # an abort got in first
+                return False
+            take(items)
+        return True
 
     def read_whole_pdu(self, transport: socket.socket) -> bytearray | None:
         """The next PDU from a plain socket (``pdu_reader``); None once its fault is queued.
