@@ -260,20 +260,16 @@ class EventDrivenDUL(DULServiceProvider):
         """
         take = getattr(self.assoc.dimse, "receive_fragments", None)
         wanted = getattr(self.assoc.dimse, "takes_fragments", None)
-        if (
-            take is None
-            or wanted is None
-            or self.event_queue.qsize()
-            or self.state_machine.current_state != "Sta6"
-            or not wanted()
-            or any(self.assoc.get_handlers(event) for event in _PER_PDU_EVENTS)
-        ):
+        if take is None or wanted is None or any(self.assoc.get_handlers(event) for event in _PER_PDU_EVENTS):
             return False
         items = pdv_items(pdu)
         if items is None:
             return False
+        # The state is read under the lock: the association's thread sends the A-ASSOCIATE-AC
+        # and enters Sta6 in one action under it, and the peer's first P-DATA can arrive between
+        # the two.
         with self._send_lock:
-            if self.state_machine.current_state != "Sta6":  # an abort got in first
+            if self.event_queue.qsize() or self.state_machine.current_state != "Sta6" or not wanted():
                 return False
             take(items)
         return True
