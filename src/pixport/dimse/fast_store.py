@@ -40,6 +40,7 @@ from pynetdicom import evt
 from pynetdicom.pdu_primitives import P_DATA
 
 from pixport.dimse import commandset, reactor
+from pixport.dimse.pdu_reader import P_DATA_TF_TYPE
 from pixport.dimse.received import HashingTemporaryFile
 
 LOGGER = logging.getLogger("pynetdicom.dimse")
@@ -64,7 +65,6 @@ MOVE_ORIGINATOR_AE_TITLE = 0x00001030
 MOVE_ORIGINATOR_MESSAGE_ID = 0x00001031
 _PDU_HEADER = struct.Struct(">BBL")
 _PDV_HEADER = struct.Struct(">LBB")
-P_DATA_TF = 0x04
 
 # False sends every message through pynetdicom (for A/B measurements).
 FAST_STORES = True
@@ -252,7 +252,7 @@ class FastStoreDIMSE(reactor.WakingDIMSE):
             values[ERROR_COMMENT] = comment.encode("ascii", "replace").decode()[:ERROR_COMMENT_LENGTH]
         command = commandset.encode_command_values(values)
         pdu = (
-            _PDU_HEADER.pack(P_DATA_TF, 0, _PDV_HEADER.size + len(command))
+            _PDU_HEADER.pack(P_DATA_TF_TYPE, 0, _PDV_HEADER.size + len(command))
             + _PDV_HEADER.pack(2 + len(command), context_id, COMMAND_LAST_FRAGMENT)
             + command
         )

@@ -36,11 +36,11 @@ from pynetdicom.dimse_messages import _COMMAND_SET_KEYWORDS, _DATASET_KEYWORDS, 
 from pynetdicom.dimse_primitives import C_STORE
 
 from pixport.dimse import commandset, reactor
+from pixport.dimse.pdu_reader import P_DATA_TF_TYPE
 
 # P-DATA-TF PDU header (type 0x04, reserved, PDU length) and the header of its one
 # Presentation Data Value item (item length, presentation context ID, message control header).
 _HEADER = struct.Struct(">BBLLBB")
-P_DATA_TF_TYPE = 0x04
 HEADER_LENGTH = _HEADER.size  # 12
 PDV_OVERHEAD = 6  # item length (4), context ID (1), message control header (1)
 # Message control header bits (PS3.8 E.2): command (else data set), last fragment.

@@ -18,7 +18,7 @@ from collections.abc import Callable
 
 PDU_HEADER = struct.Struct(">BBL")
 PDV_ITEM_HEADER = struct.Struct(">LB")  # item length, presentation context ID (PS3.8 9.3.5.1)
-P_DATA_TF = 0x04
+P_DATA_TF_TYPE = 0x04  # the PDU type of P-DATA-TF, our one shared copy
 PDU_TYPES = frozenset(range(0x01, 0x08))  # A-ASSOCIATE-RQ … A-ABORT (PS3.8 9.3)
 # A PDU up to this size is read into a buffer allocated at once; a larger one grows as its bytes
 # arrive, so a peer that announces a huge length and sends little costs little memory.

@@ -25,12 +25,12 @@ from typing import Any
 
 from pynetdicom import evt
 
+from pixport.dimse.pdu_reader import P_DATA_TF_TYPE
 from pixport.dimse.reactor import EventDrivenDUL
 
 C_FIND_RSP = 0x8020
 DATA_SET_PRESENT = 0x0001  # Command Data Set Type, as pynetdicom sets it
 PENDING = 0xFF00
-P_DATA_TF = 0x04
 COMMAND_LAST = 0x03  # message control header: command, last fragment
 COMMAND_MORE = 0x01
 DATA_SET_LAST = 0x02
@@ -78,7 +78,7 @@ def pdus(context_id: int, data: bytes, max_pdu_length: int, *, command: bool) ->
         fragment = data[offset : offset + size]
         header = last if offset + size >= len(data) else more
         item_length = len(fragment) + 2  # context ID and message control header
-        parts.append(_PDU_HEADER.pack(P_DATA_TF, item_length + 4))
+        parts.append(_PDU_HEADER.pack(P_DATA_TF_TYPE, item_length + 4))
         parts.append(_PDV_HEADER.pack(item_length, context_id, header))
         parts.append(fragment)
     return b"".join(parts)

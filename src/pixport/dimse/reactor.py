@@ -58,8 +58,7 @@ from pynetdicom.dul import DULServiceProvider
 from pynetdicom.pdu import A_ABORT_RQ, P_DATA_TF
 from pynetdicom.pdu_primitives import A_ASSOCIATE, A_RELEASE, P_DATA
 
-from pixport.dimse.pdu_reader import P_DATA_TF as P_DATA_TF_TYPE
-from pixport.dimse.pdu_reader import ClosedBetweenPdus, UnknownPduType, pdv_items, read_pdu
+from pixport.dimse.pdu_reader import P_DATA_TF_TYPE, ClosedBetweenPdus, UnknownPduType, pdv_items, read_pdu
 
 SUPPORTED_PYNETDICOM = "3.0."
 # Events whose handlers expect to see every PDU or message received (no borrowed reads then).
