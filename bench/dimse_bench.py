@@ -33,6 +33,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import archive_bench as ab
+import disk_ceiling
 import generate
 
 PIXPORT, ORTHANC, MB = ab.PIXPORT, ab.ORTHANC, ab.MB
@@ -596,14 +597,59 @@ def paired_note(ours: list[float], theirs: list[float]) -> str:
     return f"pairs: PixPort - Orthanc {statistics.mean(diffs):+.1f} ± {error:.1f} ms (mean ± s.e., n={len(diffs)})"
 
 
-def build_rows(stores: dict[int, dict[str, list[StoreResult]]], reads: dict[str, dict[str, Any]]) -> list[Row]:
+def _median_by_server(
+    runs_by_server: dict[str, list[StoreResult]], fn: Callable[[StoreResult], float]
+) -> dict[str, float]:
+    return {n: statistics.median(fn(x) for x in runs) for n, runs in runs_by_server.items()}
+
+
+def _pair(values: dict[str, float]) -> tuple[float | None, float | None]:
+    return values.get(PIXPORT), values.get(ORTHANC)
+
+
+def speedup_rows(stores: dict[int, dict[str, list[StoreResult]]], ceilings: list[disk_ceiling.Ceiling]) -> list[Row]:
+    """4 vs 1 association, CT and small studies, then the disk's own 4 vs 1 for the CT's writes."""
+    rows: list[Row] = []
+    rates: tuple[tuple[str, Callable[[StoreResult], float]], ...] = (
+        ("CT", lambda x: x.ct_mb_per_s),
+        ("small", lambda x: x.small_instances_per_s),
+    )
+    if 1 not in stores or 4 not in stores:
+        return rows
+    for part, fn in rates:
+        one, four = _median_by_server(stores[1], fn), _median_by_server(stores[4], fn)
+        speedup = {n: four[n] / one[n] for n in one if one[n]}
+        row = Row(f"C-STORE {part}, 4 vs 1 association", "x", *_pair(speedup), "PixPort >=1.5x", own=True)
+        # Each round's own ratio beside the ratio of the medians: a round on a slow stretch of
+        # the machine shows as one low value, not as a shift of the whole.
+        ones, fours = stores[1].get(PIXPORT, []), stores[4].get(PIXPORT, [])
+        per_round = [fn(b) / fn(a) for a, b in zip(ones, fours, strict=False) if fn(a)]
+        if len(per_round) > 1:
+            row.note = "PixPort by round " + " ".join(f"{x:.2f}" for x in per_round)
+        rows.append(row)
+    if ceilings:
+        # Not a server: what the disk alone gives four writers of the CT over one, in the PixPort
+        # column.  PixPort's CT ratio well under it means the listener, near it the disk.
+        disk = Row(
+            "  disk alone, CT's durable writes, 4 vs 1", "x", statistics.median(c.ratio for c in ceilings), None, ""
+        )
+        if len(ceilings) > 1:
+            disk.note = "by round " + " ".join(f"{c.ratio:.2f}" for c in ceilings)
+        rows.append(disk)
+    return rows
+
+
+def build_rows(
+    stores: dict[int, dict[str, list[StoreResult]]],
+    reads: dict[str, dict[str, Any]],
+    ceilings: list[disk_ceiling.Ceiling] | None = None,
+) -> list[Row]:
     rows: list[Row] = []
 
     def med(assocs: int, fn: Callable[[StoreResult], float]) -> dict[str, float]:
-        return {n: statistics.median(fn(x) for x in runs) for n, runs in stores[assocs].items()}
+        return _median_by_server(stores[assocs], fn)
 
-    def pair(values: dict[str, float]) -> tuple[float | None, float | None]:
-        return values.get(PIXPORT), values.get(ORTHANC)
+    pair = _pair
 
     def per_assoc(n: int) -> str:
         return f"{n} association{'s' if n > 1 else ''}"
@@ -616,22 +662,7 @@ def build_rows(stores: dict[int, dict[str, list[StoreResult]]], reads: dict[str,
         for row in (ct, small_row):
             row.note = "CHECK " + "; ".join(checks) if checks else ""
             rows.append(row)
-    rates: tuple[tuple[str, Callable[[StoreResult], float]], ...] = (
-        ("CT", lambda x: x.ct_mb_per_s),
-        ("small", lambda x: x.small_instances_per_s),
-    )
-    for part, fn in rates:
-        if 1 in stores and 4 in stores:
-            one, four = med(1, fn), med(4, fn)
-            speedup = {n: four[n] / one[n] for n in one if one[n]}
-            row = Row(f"C-STORE {part}, 4 vs 1 association", "x", *pair(speedup), "PixPort >=1.5x", own=True)
-            # Each round's own ratio beside the ratio of the medians: a round on a slow stretch of
-            # the machine shows as one low value, not as a shift of the whole.
-            ones, fours = stores[1].get(PIXPORT, []), stores[4].get(PIXPORT, [])
-            per_round = [fn(b) / fn(a) for a, b in zip(ones, fours, strict=False) if fn(a)]
-            if len(per_round) > 1:
-                row.note = "PixPort by round " + " ".join(f"{x:.2f}" for x in per_round)
-            rows.append(row)
+    rows.extend(speedup_rows(stores, ceilings or []))
     for part, cpu in (("CT", lambda x: x.ct_cpu_ms_per_instance), ("small", lambda x: x.small_cpu_ms_per_instance)):
         assocs = min(stores)
         label = f"  C-STORE {part}, server CPU per instance{'' if assocs == 1 else ', 4 associations'}"
@@ -725,14 +756,18 @@ Stores = dict[int, dict[str, list[StoreResult]]]
 
 def store_all(
     args: argparse.Namespace, tmp: Path, plan: generate.Plan, move: Node, sizes: tuple[int, int]
-) -> tuple[Stores, dict[str, Node], dict[str, dict[str, Any]]]:
-    """Every (round, associations, server) C-STORE run on a fresh server; the last 4-association ones stay up."""
+) -> tuple[Stores, dict[str, Node], dict[str, dict[str, Any]], list[disk_ceiling.Ceiling]]:
+    """Every (round, associations, server) C-STORE run on a fresh server; the last 4-association ones stay up.
+
+    Each round ends with ``disk_ceiling``: the same durable file writes as the CT's, without DICOM.
+    """
     names: list[str] = args.server_names
     plans = [a for a in (1, 4) if f"store{a}" in args.steps]
     stores: Stores = {a: {n: [] for n in names} for a in plans}
     infos: dict[str, dict[str, Any]] = {}
     live: dict[str, Node] = {}
     extra = args.storescu_args.split()
+    ceilings: list[disk_ceiling.Ceiling] = []
     for round_ in range(args.rounds):
         for k, assocs in enumerate(plans):
             order = names if (round_ + k) % 2 == 0 else names[::-1]  # alternate who goes first
@@ -766,7 +801,16 @@ def store_all(
                     # were 13% of the listener's CPU after a round's 2,500 files were deleted):
                     # the next server would pay for the previous one's clean-up.
                     ab.retire(node.server, keep_files=True)
-    return stores, live, infos
+        if "store1" in args.steps and "store4" in args.steps and PIXPORT in names:
+            # The disk's own 4-vs-1 for the same durable writes, beside this round's servers.
+            ceiling = disk_ceiling.measure(plan.ct_files, tmp, 4, f"r{round_}")
+            ceilings.append(ceiling)
+            print(
+                f"  disk alone, the CT's durable writes: 1 writer {ceiling.one:.0f}/s, 4 writers "
+                f"{ceiling.many:.0f}/s ({ceiling.ratio:.2f}x)",
+                flush=True,
+            )
+    return stores, live, infos, ceilings
 
 
 def build_probes(args: argparse.Namespace, plan: generate.Plan, ct_bytes: int, move: Node, tmp: Path) -> list[Probe]:
@@ -824,7 +868,7 @@ def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         flush=True,
     )
     move = start_move_destination(tmp)
-    stores, live, infos = store_all(args, tmp, plan, move, (ct_bytes, small_bytes))
+    stores, live, infos, ceilings = store_all(args, tmp, plan, move, (ct_bytes, small_bytes))
     nodes = [live[n] for n in names]
     reads: dict[str, dict[str, Any]] = {}
     for probe in build_probes(args, plan, ct_bytes, move, tmp):
@@ -836,7 +880,7 @@ def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         unit = "MB/s" if probe.per_second else "ms"
         print(" " + ", ".join(f"{n} {ab._fmt(r['value'])} {unit}" for n, r in res.items()), flush=True)  # noqa: SLF001
     ab.stop_all()
-    rows = build_rows(stores, reads)
+    rows = build_rows(stores, reads, ceilings)
     return {
         "when": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "quick": args.quick,
@@ -883,6 +927,7 @@ def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
             for a, v in stores.items()
         },
         "reads": reads,
+        "disk_ceiling": [vars(c) | {"ratio": c.ratio} for c in ceilings],
         "rows": [vars(r) for r in rows],
     }
 
