@@ -60,7 +60,7 @@ class DimseSettings(Section):
     host: str = "127.0.0.1"
     port: int = Field(default=11112, ge=0, le=65535)
     workers: int = Field(default=0, ge=0, le=64)
-    """Listener processes sharing the port (SO_REUSEPORT); 0 means one per CPU core."""
+    """Listener processes accepting from one listening socket; 0 means one per CPU core."""
     remotes: list[RemoteNode] = Field(default_factory=list)
     """Known nodes: C-MOVE destinations, and the callers accepted when ``allow_any_caller`` is off."""
     allow_any_caller: bool = False

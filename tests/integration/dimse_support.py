@@ -68,10 +68,10 @@ def after_meta(data: bytes) -> bytes:
     return data[144 + meta_length :]
 
 
-def start_listener(tmp_path: Path, **dimse: Any) -> Iterator[Listener]:
+def start_listener(tmp_path: Path, limits: dict[str, Any] | None = None, **dimse: Any) -> Iterator[Listener]:
     options: dict[str, Any] = {"host": "127.0.0.1", "port": 0, "allow_any_caller": True, "ae_title": AE_TITLE}
     options.update(dimse)
-    settings = load_settings(storage={"data_dir": tmp_path / "pixport"}, dimse=options)
+    settings = load_settings(storage={"data_dir": tmp_path / "pixport"}, dimse=options, limits=limits or {})
     archive = build_archive(settings)
     server = make_server(archive, settings)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
@@ -131,3 +131,21 @@ def half_sent_c_store(port: int, path: Path, calling: str, max_pdu: int = 4096) 
     for pdata in fragments[: len(fragments) // 2]:
         assoc.dul.send_pdu(pdata)
     return assoc
+
+
+def caller_has_nodelay(event: Any) -> bool:
+    """Whether the association that called an in-process test SCP has TCP_NODELAY on its socket.
+
+    For the associations PixPort opens itself (C-MOVE sub-operations, storage commitment
+    reports) when the listener runs in the test process: the caller is found among this
+    process's requesting associations by the port it called from.
+    """
+    port = int(event.assoc.requestor.port)
+    for thread in threading.enumerate():
+        if not (isinstance(thread, Association) and thread.is_requestor):
+            continue
+        sock = thread.dul.socket.socket if thread.dul.socket is not None else None
+        if sock is not None and sock.fileno() != -1 and sock.getsockname()[1] == port:
+            return sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+    msg = f"no association of this process calls from port {port}"
+    raise AssertionError(msg)

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pydicom
-from dimse_support import AE_TITLE, CORPUS, dcmtk, free_port, start_listener, stored
+from dimse_support import AE_TITLE, CORPUS, caller_has_nodelay, dcmtk, free_port, start_listener, stored
 from pydicom.dataset import Dataset
 from pynetdicom import AE, build_role, evt
 
@@ -19,8 +19,10 @@ CT = CORPUS / "modality" / "ct" / "CT_small.dcm"
 def test_commitment_reports_only_stored_and_intact_instances(tmp_path: Path) -> None:
     port = free_port()
     reports: queue.Queue[tuple[int, Dataset]] = queue.Queue()
+    nodelay: list[bool] = []
 
     def on_report(event: Any) -> int:
+        nodelay.append(caller_has_nodelay(event))
         reports.put((int(event.event_type), event.event_information))
         return 0x0000
 
@@ -72,5 +74,7 @@ def test_commitment_reports_only_stored_and_intact_instances(tmp_path: Path) -> 
             event_type, info = reports.get(timeout=20)
             assert "ReferencedSOPSequence" not in info
             assert len(info.FailedSOPSequence) == 2
+            # Each report came on an association PixPort opened, with TCP_NODELAY on its socket.
+            assert nodelay == [True, True]
     finally:
         server.shutdown()

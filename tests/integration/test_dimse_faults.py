@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pydicom
@@ -15,6 +15,8 @@ from pynetdicom import AE
 from pynetdicom.dimse_primitives import C_STORE
 from test_disk_full import small_disk  # noqa: F401  fixture
 
+from pixport.archive.ingest import IngestPipeline
+from pixport.dimse import received
 from pixport.samples import PATIENTS, ct_series
 
 CT = CORPUS / "modality" / "ct" / "CT_small.dcm"
@@ -117,6 +119,76 @@ def test_disk_full_is_a700_and_the_node_stays_up(small_disk: Path) -> None:  # n
         assert node.archive.index.count_instances() == 1
         assert list(node.archive.blobs.staging_dir.iterdir()) == []
         assert dcmtk("echoscu", "-aec", AE_TITLE, "127.0.0.1", node.port).returncode == 0
+
+
+def store_answer(listener: Listener, dataset: pydicom.Dataset) -> tuple[int, str]:
+    """C-STORE with pynetdicom: the status and the Error Comment."""
+    ae = AE(ae_title="FAULTS")
+    ae.add_requested_context(dataset.SOPClassUID, dataset.file_meta.TransferSyntaxUID)
+    assoc = ae.associate("127.0.0.1", listener.port, ae_title=AE_TITLE)
+    assert assoc.is_established
+    try:
+        answer = assoc.send_c_store(dataset)
+        return int(answer.Status), str(answer.get("ErrorComment", ""))
+    finally:
+        assoc.release()
+
+
+@pytest.fixture
+def receive_in_staging(monkeypatch: pytest.MonkeyPatch) -> Callable[[Listener], list[Path]]:
+    """Receive as ``pixport dimse serve`` does: each data set written straight into the staging area.
+
+    The other tests' listeners run in the test process, where data sets arrive in the system's
+    temporary folder and are copied in.  Returns the files the C-STORE handler adopted in place.
+    """
+    monkeypatch.setattr(tempfile, "tempdir", tempfile.tempdir)
+    monkeypatch.setattr(received.RECEIVING, "max_bytes", received.RECEIVING.max_bytes)
+    adopted: list[Path] = []
+    adopt = IngestPipeline.adopt_file
+
+    def adopt_and_record(self: IngestPipeline, path: Path, hashed: tuple[str, int] | None = None) -> object:
+        adopted.append(path)
+        return adopt(self, path, hashed)
+
+    monkeypatch.setattr(IngestPipeline, "adopt_file", adopt_and_record)
+
+    def configure(node: Listener) -> list[Path]:
+        received.receive_into(node.archive.blobs.staging_dir, node.archive.ingest.limits.max_object_bytes)
+        return adopted
+
+    return configure
+
+
+def test_disk_full_while_the_data_set_arrives_is_a700_and_nothing_is_left(
+    small_disk: Path,  # noqa: F811
+    receive_in_staging: Callable[[Listener], list[Path]],
+) -> None:
+    for node in start_listener(small_disk):
+        adopted = receive_in_staging(node)
+        assert store_status(node, CT) == 0x0000
+        assert len(adopted) == 1, "the data set should have been written in place, as in the listener"
+        big = next(ct_series(PATIENTS[1], "disk-full-in-place", slices=1, size=1400))  # ~4 MiB: more than the disk
+        assert store_answer(node, big) == (0xA700, "no space left to receive the data set")
+        assert len(adopted) == 1
+        assert node.archive.index.count_instances() == 1
+        assert list(node.archive.blobs.staging_dir.iterdir()) == []
+        # The association was answered, not aborted, and the node stores what fits.
+        small = next(ct_series(PATIENTS[2], "after-disk-full", slices=1, size=64))
+        assert store_answer(node, small) == (0x0000, "")
+        assert node.archive.index.count_instances() == 2
+
+
+def test_a_data_set_over_the_size_limit_is_dropped_as_it_arrives(
+    tmp_path: Path, receive_in_staging: Callable[[Listener], list[Path]]
+) -> None:
+    for node in start_listener(tmp_path, limits={"max_object_bytes": 300_000}):
+        adopted = receive_in_staging(node)
+        big = next(ct_series(PATIENTS[1], "over-the-limit", slices=1, size=1024))  # ~2 MiB
+        assert store_answer(node, big) == (0xA700, "object is larger than 300000 bytes")
+        assert adopted == [], "refused from the bytes counted as they arrived, before any ingest step"
+        assert list(node.archive.blobs.staging_dir.iterdir()) == []
+        assert node.archive.index.count_instances() == 0
+        assert store_status(node, CT) == 0x0000
 
 
 def test_abort_mid_transfer_leaves_nothing_behind(

@@ -20,6 +20,7 @@ from dimse_support import (
     CORPUS,
     Listener,
     after_meta,
+    caller_has_nodelay,
     dcmtk,
     dcmtk_environment,
     free_port,
@@ -328,3 +329,29 @@ def test_a_move_destination_with_nagle_is_not_stalled_per_sub_operation(tmp_path
                     receiver.terminate()
             assert len(list(out.iterdir())) == len(cts)
     assert seconds[False] - seconds[True] < STALL, seconds
+
+
+def test_c_move_sub_associations_have_tcp_nodelay(tmp_path: Path) -> None:
+    """The association PixPort opens to a C-MOVE destination (here pynetdicom, in this process)."""
+    port = free_port()
+    cts = larger_cts(tmp_path / "cts", 3)
+    nodelay: list[bool] = []
+
+    def on_store(event: Any) -> int:
+        nodelay.append(caller_has_nodelay(event))
+        return 0x0000
+
+    destination = AE(ae_title="DEST")
+    destination.add_supported_context(CTImageStorage, ExplicitVRLittleEndian)
+    server = destination.start_server(("127.0.0.1", port), block=False, evt_handlers=[(evt.EVT_C_STORE, on_store)])
+    try:
+        for listener in start_listener(tmp_path, remotes=[{"ae_title": "DEST", "host": "127.0.0.1", "port": port}]):
+            study = store(listener, cts)
+            result = dcmtk(
+                "movescu", "-S", "-aet", "MOVESCU", "-aem", "DEST", "-aec", AE_TITLE,
+                "-k", "QueryRetrieveLevel=STUDY", "-k", f"StudyInstanceUID={study}", "127.0.0.1", listener.port,
+            )  # fmt: skip
+            assert result.returncode == 0, result.stderr
+    finally:
+        server.shutdown()
+    assert nodelay == [True] * len(cts)

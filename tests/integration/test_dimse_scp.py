@@ -6,7 +6,7 @@ import logging
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,8 @@ from dimse_support import (
 from pydicom.uid import UID, generate_uid
 from pynetdicom import AE, evt
 
+from pixport.storage.base import Match, Query
+
 CT = CORPUS / "modality" / "ct" / "CT_small.dcm"
 KOREAN_ISO2022 = CORPUS / "charset" / "korean_chrI2_iso2022-ir149.dcm"
 KOREAN_UTF8 = CORPUS / "charset" / "korean_chrI2_utf8.dcm"
@@ -44,35 +46,32 @@ def storescu(listener: Listener, *files: Path, calling: str = "STORESCU") -> sub
     return dcmtk("storescu", "-R", "-nh", "-aet", calling, "-aec", AE_TITLE, "127.0.0.1", listener.port, *files)
 
 
-# storescu proposes a compressed transfer syntax only when told which one.
-STORESCU_PROPOSAL = {
-    "1.2.840.10008.1.2": "-xi",
-    "1.2.840.10008.1.2.1": "-xe",
-    "1.2.840.10008.1.2.2": "-xb",
-    "1.2.840.10008.1.2.1.99": "-xd",
-    "1.2.840.10008.1.2.5": "-xr",
-    "1.2.840.10008.1.2.4.50": "-xy",
-    "1.2.840.10008.1.2.4.51": "-xx",
-    "1.2.840.10008.1.2.4.70": "-xs",
-    "1.2.840.10008.1.2.4.80": "-xt",
-    "1.2.840.10008.1.2.4.81": "-xu",
-    "1.2.840.10008.1.2.4.90": "-xv",
-    "1.2.840.10008.1.2.4.91": "-xw",
-}
+def send_as_stored(port: int, called: str, files: list[Path], *, every_one: bool = True) -> None:
+    """Each file in its own SOP class and transfer syntax, by DCMTK's dcmsend, never decompressed.
 
-
-def send_as_stored(port: int, called: str, files: list[Path]) -> None:
-    """Each file in its own transfer syntax: storescu where it can propose it, else dcmsend."""
-    groups: dict[str, list[Path]] = {}
-    for path in files:
-        groups.setdefault(str(pydicom.filereader.read_file_meta_info(path).TransferSyntaxUID), []).append(path)
-    for syntax, paths in groups.items():
-        option = STORESCU_PROPOSAL.get(syntax)
-        if option:
-            result = dcmtk("storescu", option, "-nh", "-aec", called, "127.0.0.1", port, *paths)
-        else:
-            result = dcmtk("dcmsend", "-dn", "-nh", "-aec", called, "127.0.0.1", port, *paths)
-        assert result.returncode == 0, (syntax, result.stderr)
+    (storescu proposes a fixed list of SOP classes: it skips, with exit code 0, an Encapsulated
+    STL or any class it does not know.)  A file dcmsend will not send (a SOP Instance UID it
+    calls invalid) goes by pynetdicom, from the file as it is.  ``every_one``: the peer must
+    accept every file's transfer syntax (PixPort does; DCMTK's storescp does not).
+    """
+    result = dcmtk("dcmsend", "-v", "-dn", "-nh", "-aec", called, "127.0.0.1", port, *files, timeout=300)
+    assert result.returncode == 0, result.stderr
+    summary = result.stdout + result.stderr
+    refused = [path for path in files if f"cannot add DICOM file to the transfer list: {path}:" in summary]
+    assert len(refused) <= 1, refused
+    if not every_one:
+        return
+    assert f"sent to the peer       : {len(files) - len(refused)}" in summary, summary[summary.find("Status") :]
+    for path in refused:
+        header = pydicom.dcmread(path, stop_before_pixels=True)
+        ae = AE(ae_title="DCMSEND")
+        ae.add_requested_context(header.SOPClassUID, header.file_meta.TransferSyntaxUID)
+        assoc = ae.associate("127.0.0.1", port, ae_title=called)
+        assert assoc.is_established
+        try:
+            assert assoc.send_c_store(path).Status == 0x0000, path.name
+        finally:
+            assoc.release()
 
 
 def test_echoscu(listener: Listener) -> None:
@@ -93,41 +92,119 @@ def test_a_released_association_logs_no_error(listener: Listener, caplog: pytest
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
 
 
-def reference_receipt(tmp_path: Path, files: list[Path]) -> dict[str, bytes]:
-    """What storescu puts on the wire, as DCMTK's storescp receives it bit-preserving."""
+def reference_receipt(
+    tmp_path: Path, files: list[Path], send: Callable[[int, str, list[Path]], object] | None = None
+) -> dict[str, tuple[str, bytes]]:
+    """What ``send`` (dcmsend) puts on the wire, as DCMTK's storescp receives it bit-preserving: syntax and data set."""
     port = free_port()
     out = tmp_path / "reference"
     out.mkdir()
     with subprocess.Popen([tool("storescp"), "+B", "+xa", "-od", str(out), "-aet", "REF", str(port)]) as receiver:
         try:
             time.sleep(0.5)
-            send_as_stored(port, "REF", files)
+            if send is None:
+                send_as_stored(port, "REF", files, every_one=False)
+            else:
+                send(port, "REF", files)
         finally:
             receiver.terminate()
-    return {sop_instance_uid(p): after_meta(p.read_bytes()) for p in out.iterdir()}
+    received = {}
+    for path in out.iterdir():
+        syntax = str(pydicom.filereader.read_file_meta_info(path).TransferSyntaxUID)
+        received[sop_instance_uid(path)] = (syntax, after_meta(path.read_bytes()))
+    return received
 
 
-def test_storescu_every_transfer_syntax_stored_as_sent(listener: Listener, tmp_path: Path) -> None:
-    files = [p for p in TRANSFER_SYNTAXES if p.is_file()]
-    send_as_stored(listener.port, AE_TITLE, files)
-    sent = reference_receipt(tmp_path, files)
-    assert len(sent) >= len(files) - 10  # (storescp takes most, not all, syntaxes; some UIDs are shared)
-    compared = 0
-    for path in files:
-        uid = sop_instance_uid(path)
-        header = pydicom.dcmread(path, stop_before_pixels=True)
-        if not (header.get("StudyInstanceUID") and header.get("SeriesInstanceUID")):
-            continue  # refused with A900, as STOW-RS refuses it
-        instance = stored(listener.archive, uid)
-        meta = pydicom.filereader.read_file_meta_info(path)
-        if uid not in {sop_instance_uid(p) for p in files if p != path}:  # same UID in several syntaxes: first wins
-            assert instance.transfer_syntax_uid == meta.TransferSyntaxUID, path.name
-            if uid in sent:
-                assert listener.dataset_bytes(uid) == sent[uid], path.name
-                compared += 1
-    assert compared >= 10
-    # Nothing left behind in the staging area.
-    assert list(listener.archive.blobs.staging_dir.iterdir()) == []
+DICOMDIR = "1.2.840.10008.1.3.10"  # Media Storage Directory: not an object a C-STORE carries
+
+
+def by_sop_instance(uid: str) -> Query:
+    return Query(level="instance", matches=[Match("sop_instance_uid", "single", uid)])
+
+
+def corpus_storage_objects() -> dict[str, list[Path]]:
+    """Every storage object in the corpus with File Meta (modalities, syntaxes, charsets, media), by SOP Instance UID.
+
+    Three files have no usable File Meta (no transfer syntax to propose) and no DICOM tool
+    sends them as they are; media import takes them (tests/contract).
+    """
+    by_uid: dict[str, list[Path]] = {}
+    for folder in ("modality", "transfer-syntax", "charset", "media"):
+        for path in sorted((CORPUS / folder).rglob("*")):
+            if not path.is_file():
+                continue
+            try:
+                meta = pydicom.filereader.read_file_meta_info(path)
+                header = pydicom.dcmread(path, stop_before_pixels=True)
+            except pydicom.errors.InvalidDicomError:
+                continue
+            if "TransferSyntaxUID" not in meta or "SOPInstanceUID" not in header:
+                continue
+            if str(header.SOPClassUID) != DICOMDIR:
+                by_uid.setdefault(str(header.SOPInstanceUID), []).append(path)
+    return by_uid
+
+
+def test_every_storage_object_in_the_corpus_stored_as_sent(tmp_path: Path) -> None:
+    """Each SOP class and transfer syntax of the corpus, sent by DCMTK, is stored byte for byte as sent.
+
+    Files sharing a SOP Instance UID (one image in several syntaxes) go to separate listeners,
+    round by round, so that each is stored, not found a duplicate or a conflict.
+    """
+    by_uid = corpus_storage_objects()
+    rounds = max(len(paths) for paths in by_uid.values())
+    classes: set[str] = set()
+    syntaxes: set[str] = set()
+    compared = refused = 0
+    for round_ in range(rounds):
+        files = [paths[round_] for paths in by_uid.values() if len(paths) > round_]
+        for node in start_listener(tmp_path / f"round{round_}"):
+            send_as_stored(node.port, AE_TITLE, files)
+            sent = reference_receipt(tmp_path / f"round{round_}", files)
+            for path in files:
+                uid = sop_instance_uid(path)
+                header = pydicom.dcmread(path, stop_before_pixels=True)
+                if not (header.get("StudyInstanceUID") and header.get("SeriesInstanceUID")):
+                    assert not node.archive.index.search(by_sop_instance(uid)), path.name  # A900, as STOW-RS
+                    refused += 1
+                    continue
+                syntax = str(pydicom.filereader.read_file_meta_info(path).TransferSyntaxUID)
+                if uid in sent:  # the syntax it went in (DCMTK sends what it reads, whatever the File Meta says)
+                    syntax, data_set = sent[uid]
+                    assert node.dataset_bytes(uid) == data_set, path.name
+                    compared += 1
+                assert stored(node.archive, uid).transfer_syntax_uid == syntax, path.name
+                classes.add(str(header.SOPClassUID))
+                syntaxes.add(syntax)
+            assert list(node.archive.blobs.staging_dir.iterdir()) == []
+    files_sent = sum(len(paths) for paths in by_uid.values())
+    assert len(classes) == 24, sorted(classes)
+    # Every syntax of the corpus but Explicit VR Big Endian, which dcmsend sends as Little
+    # Endian (the next test proposes it with storescu).
+    assert len(syntaxes) == 12, sorted(syntaxes)
+    assert "1.2.840.10008.1.2.2" not in syntaxes
+    # All but the four storescp cannot take or that have no Study Instance UID, checked byte for byte.
+    assert (compared, refused) == (files_sent - 4, 1)
+
+
+def test_big_endian_on_the_wire_is_stored_as_sent(tmp_path: Path) -> None:
+    files = sorted((CORPUS / "transfer-syntax").glob("bigendian_*.dcm"))
+    assert len(files) == 3
+
+    def storescu_big_endian(port: int, called: str, paths: list[Path]) -> None:
+        result = dcmtk("storescu", "-v", "-xb", "-nh", "-aec", called, "127.0.0.1", port, *paths)
+        assert result.returncode == 0, result.stderr
+        assert (result.stdout + result.stderr).count("Received Store Response (Success)") == len(paths)
+
+    sent = reference_receipt(tmp_path, files, storescu_big_endian)
+    for node in start_listener(tmp_path):
+        storescu_big_endian(node.port, AE_TITLE, files)
+        for path in files:
+            uid = sop_instance_uid(path)
+            syntax, data_set = sent[uid]
+            assert syntax == "1.2.840.10008.1.2.2", path.name
+            assert stored(node.archive, uid).transfer_syntax_uid == syntax, path.name
+            assert node.dataset_bytes(uid) == data_set, path.name
 
 
 def test_storescu_twice_is_a_duplicate_success(listener: Listener) -> None:

@@ -312,6 +312,24 @@ def test_get_from_dcmqrscp_into_the_archive(
     assert [r.status for r in again.instances] == ["duplicate"]
 
 
+def test_get_answers_a_conflicting_duplicate_as_our_scp_does(
+    qrscp: tuple[Peer, Peer], settings: DimseSettings, archive: Archive, tmp_path: Path
+) -> None:
+    """Each instance a C-GET brings is stored before it is answered, and a conflict is 0111 to the peer."""
+    peer, _ = qrscp
+    other = pydicom.dcmread(CT_SIGNED)
+    other.InstitutionName = "ANOTHER HOSPITAL"  # the same SOP Instance UID, other bytes
+    held = tmp_path / "held.dcm"
+    other.save_as(held, enforce_file_format=True)
+    assert [r.status for r in archive.ingest.ingest_paths([held])] == ["stored"]
+    retrieval = scu.get(settings, remote_of(peer), "STUDY", [other.StudyInstanceUID], archive)
+    assert [r.status for r in retrieval.instances] == ["conflict"]
+    # The peer heard the conflict: it counts the sub-operation failed, not completed.
+    assert (retrieval.completed, retrieval.failed) == (0, 1)
+    assert not retrieval.ok
+    assert stored_by_uid(archive)[str(other.SOPInstanceUID)] == held.read_bytes()
+
+
 def test_move_from_dcmqrscp_to_storescp(qrscp: tuple[Peer, Peer], settings: DimseSettings) -> None:
     peer, destination = qrscp
     ct = pydicom.dcmread(CT_VEDRAN, stop_before_pixels=True)

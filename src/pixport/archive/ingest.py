@@ -43,6 +43,10 @@ OUT_OF_RESOURCES = 0xA700
 DATA_SET_DOES_NOT_MATCH_SOP_CLASS = 0xA900
 CANNOT_UNDERSTAND = 0xC000
 DUPLICATE_CONFLICT = 0x0111  # "Duplicate SOP Instance": same UID, different bytes
+# Stored as sent, with remarks (a non-conformant UID, File Meta disagreeing with the data set):
+# the warning "Data Set does not match SOP Class" (PS3.4 B.2.3, PS3.18 STOW-RS WarningReason).
+# Not B000, "Coercion of Data Elements": nothing is ever changed on receive.
+WARNING_NOT_CONFORMANT = 0xB007
 COPY_CHUNK = 1024 * 1024
 SYNC_THREADS = 4  # fsyncs in flight for C-STOREs (one per association being served at once)
 

@@ -15,14 +15,12 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
-from pixport.archive.ingest import Examined, InstanceResult
+from pixport.archive.ingest import WARNING_NOT_CONFORMANT, Examined, InstanceResult
 from pixport.archive.multipart import DICOM, MultipartError, StowReceiver, parse_media_type
 from pixport.archive.node import Archive
 from pixport.archive.staging import StagedFile
 from pixport.dicomweb.responses import base_url, dumps, json_response, problem
 from pixport.errors import OutOfResources
-
-WARNING_COERCION = 0xB000
 
 
 async def store_instances(request: Request) -> Response:
@@ -152,7 +150,7 @@ def _response(request: Request, results: list[InstanceResult], study_uid: str | 
                 ],
             }
             if result.warnings:
-                item["00081196"] = {"vr": "US", "Value": [WARNING_COERCION]}
+                item["00081196"] = {"vr": "US", "Value": [WARNING_NOT_CONFORMANT]}
                 item["00000902"] = {"vr": "LO", "Value": ["; ".join(result.warnings)[:1024]]}
             referenced.append(item)
         else:

@@ -24,7 +24,6 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from types import FrameType
@@ -71,14 +70,15 @@ def run_listener(settings: Settings) -> None:
 
 def serve(settings: Settings) -> None:
     """One listener process: bind (sharing the port), serve until SIGTERM or SIGINT."""
-    from pixport.dimse.scp import make_server  # noqa: PLC0415  the supervisor stays light
+    from pixport.dimse.received import receive_into  # noqa: PLC0415  the supervisor stays light
+    from pixport.dimse.scp import make_server  # noqa: PLC0415
     from pixport.wiring import build_archive  # noqa: PLC0415
 
     archive = build_archive(settings)
     # pynetdicom writes each incoming data set to a temporary file: in the staging area, the
     # C-STORE handler hashes it there and the blob store renames it, instead of a copy.  This
     # process serves DICOM only, so the process-wide default is ours to set.
-    tempfile.tempdir = str(archive.blobs.staging_dir.absolute())
+    receive_into(archive.blobs.staging_dir, archive.ingest.limits.max_object_bytes)
     inherited = os.environ.get(LISTEN_FD)
     shared = socket.socket(fileno=int(inherited)) if inherited else None
     server = make_server(archive, settings, listen_socket=shared)

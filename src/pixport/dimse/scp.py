@@ -16,7 +16,6 @@ from functools import partial
 from typing import Any
 
 import structlog
-from pydicom.uid import AllTransferSyntaxes
 from pynetdicom import AE, _config, evt
 from pynetdicom.presentation import PresentationContext
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
@@ -42,8 +41,6 @@ from pixport.dimse.store import discard_partial_data_set, handle_c_store
 
 # Transfer syntaxes accepted for the non-storage services (storage takes whatever is proposed).
 QUERY_TRANSFER_SYNTAXES = ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2", "1.2.840.10008.1.2.1.99", "1.2.840.10008.1.2.2"]
-JPIP_REFERENCED = ["1.2.840.10008.1.2.4.94", "1.2.840.10008.1.2.4.95"]
-STORAGE_TRANSFER_SYNTAXES = [*map(str, AllTransferSyntaxes), *JPIP_REFERENCED]
 NO_CALLER = "-no-caller-allowed-"  # longer than any AE title: matches no calling AE
 
 log = structlog.get_logger(__name__)

@@ -21,7 +21,6 @@ Messages carry AE titles, addresses, UIDs and status codes, never identifiers' c
 
 from __future__ import annotations
 
-import queue
 import re
 import ssl
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -57,18 +56,17 @@ from pynetdicom.pdu_primitives import A_ASSOCIATE
 from pynetdicom.presentation import PresentationContext, StoragePresentationContexts, build_context, build_role
 from pynetdicom.status import code_to_category
 
-from pixport.archive.ingest import OUT_OF_RESOURCES, Examined, InstanceResult
+from pixport.archive.ingest import InstanceResult
 from pixport.archive.node import Archive
 from pixport.config import DimseSettings, RemoteNode
 from pixport.dicom.pixels import transcode_to_explicit_vr_little_endian
 from pixport.dimse.network import NODELAY_HANDLERS, client_ssl_context, configure_pynetdicom, find_remote
+from pixport.dimse.store import store_event
 from pixport.errors import (
     BadQuery,
     ConfigurationError,
-    InstanceRejected,
     PeerUnavailable,
     PixelDataError,
-    StorageUnavailable,
 )
 
 Level = Literal["PATIENT", "STUDY", "SERIES", "IMAGE"]
@@ -709,41 +707,22 @@ def _as_list(value: object) -> list[str]:
 
 
 class _Receiver:
-    """EVT_C_STORE handler of a C-GET: stage and examine each instance as it arrives.
+    """EVT_C_STORE handler of a C-GET: store each instance durably before answering it.
 
-    It runs on the association's thread; the index is written on the caller's thread
-    (``drain`` + ``IngestPipeline.commit``), so a backend bound to one thread works too.
+    The same path as the listener's C-STORE (``store.store_event``): the peer hears success
+    only once the instance is durable and indexed, and a full disk, a conflicting duplicate or
+    a data set that is not the one announced get their own status, as from our SCP.
     """
 
-    def __init__(self, archive: Archive) -> None:
+    def __init__(self, archive: Archive, source: str) -> None:
         self.archive = archive
-        self.examined: queue.SimpleQueue[Examined] = queue.SimpleQueue()
+        self.source = source
+        self.results: list[InstanceResult] = []
 
-    def handle_store(self, event: Any) -> int:
-        ingest = self.archive.ingest
-        try:
-            if _config.STORE_RECV_CHUNKED_DATASET:
-                with Path(event.dataset_path).open("rb") as fp:
-                    staged = ingest.stage_stream(fp)
-            else:
-                staged = ingest.stage_stream(BytesIO(event.encoded_dataset()))
-        except InstanceRejected:
-            return OUT_OF_RESOURCES
-        except (StorageUnavailable, OSError):
-            return OUT_OF_RESOURCES
-        examined = ingest.examine(staged)
-        self.examined.put(examined)
-        if examined.parsed is None:
-            return examined.result.failure_code or CANNOT_UNDERSTAND
-        return 0x0000
-
-    def drain(self) -> list[Examined]:
-        batch: list[Examined] = []
-        while True:
-            try:
-                batch.append(self.examined.get_nowait())
-            except queue.Empty:
-                return batch
+    def handle_store(self, event: Any) -> Dataset | int:
+        answer, result = store_event(self.archive.ingest, event, self.source)
+        self.results.append(result)
+        return answer
 
 
 def get(  # noqa: PLR0913  the standard's parameters
@@ -779,19 +758,13 @@ def get(  # noqa: PLR0913  the standard's parameters
     get_model = GET_MODELS[model]
     contexts = [build_context(get_model), *storage_contexts(sorted(classes), MAX_CONTEXTS - 1)]
     roles = [build_role(uid, scp_role=True) for uid in dict.fromkeys(str(cx.abstract_syntax) for cx in contexts[1:])]
-    receiver = _Receiver(into)
-    source = f"dimse:{remote.ae_title}"
+    receiver = _Receiver(into, f"dimse:{remote.ae_title}")
     final = Retrieval(CANNOT_UNDERSTAND)
-    instances: list[InstanceResult] = []
-    try:
-        with associate(
-            settings, remote, contexts, roles=roles, handlers=[(evt.EVT_C_STORE, receiver.handle_store)]
-        ) as assoc:
-            for response, _ in assoc.send_c_get(identifier, get_model):
-                status = _status(response, remote, "C-GET")
-                final = _final_counts(response, status)
-                instances.extend(into.ingest.commit(receiver.drain(), source))
-    finally:
-        instances.extend(into.ingest.commit(receiver.drain(), source))
-    final.instances = instances
+    with associate(
+        settings, remote, contexts, roles=roles, handlers=[(evt.EVT_C_STORE, receiver.handle_store)]
+    ) as assoc:
+        for response, _ in assoc.send_c_get(identifier, get_model):
+            status = _status(response, remote, "C-GET")
+            final = _final_counts(response, status)
+    final.instances = receiver.results
     return final

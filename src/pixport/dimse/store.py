@@ -29,17 +29,18 @@ from pixport.archive.ingest import (
     DATA_SET_DOES_NOT_MATCH_SOP_CLASS,
     DUPLICATE_CONFLICT,
     OUT_OF_RESOURCES,
+    WARNING_NOT_CONFORMANT,
     IngestPipeline,
+    InstanceResult,
 )
 from pixport.archive.node import Archive
 from pixport.dimse.fast_store import discard_partial
-from pixport.dimse.received import received_digest
+from pixport.dimse.received import receive_failure, received_digest
 from pixport.errors import LimitExceeded, StorageUnavailable
 
 log = structlog.get_logger(__name__)
 
 SUCCESS = 0x0000
-WARNING_COERCED = 0xB000
 PROCESSING_FAILURE = 0x0110
 ERROR_COMMENT_LENGTH = 64  # Error Comment (0000,0902) is LO
 
@@ -59,24 +60,52 @@ def handle_c_store(event: Any, archive: Archive) -> Dataset | int:
     Success is the bare status code (pynetdicom takes either): a Dataset per instance cost
     more than the answer it carries.
     """
-    request = event.request
     calling = str(event.assoc.requestor.ae_title).strip()
+    answer, _ = store_event(archive.ingest, event, f"dimse:{calling}", overlap=_alone(event.assoc))
+    return answer
+
+
+def store_event(
+    ingest: IngestPipeline, event: Any, source: str, *, overlap: bool = False
+) -> tuple[Dataset | int, InstanceResult]:
+    """Store the data set of an EVT_C_STORE durably: the status to answer, and what was done.
+
+    The one path of every C-STORE we receive, as an SCP or as the SCU of a C-GET: the answer
+    comes only after the instance is durable, or with the status that says why it is not.
+    """
+    request = event.request
     try:
         path = Path(event.dataset_path)
     except AttributeError:
         log.error("dimse.store.no_dataset_file")  # noqa: TRY400  nothing to trace
-        return status(PROCESSING_FAILURE, "data set not received")
+        return _refused(PROCESSING_FAILURE, "data set not received", request)
+    if (failure := receive_failure(request)) is not None:
+        # Disk full or over the size limit while it arrived: nothing of it is left on disk.
+        log.warning("dimse.store.not_received", error=type(failure).__name__)
+        reason = failure.reason if isinstance(failure, LimitExceeded) else str(failure)
+        return _refused(OUT_OF_RESOURCES, reason, request)
     try:
-        return _store(archive.ingest, path, request, f"dimse:{calling}", overlap=_alone(event.assoc))
+        return _store(ingest, path, request, source, overlap=overlap)
     except LimitExceeded as exc:
-        return status(OUT_OF_RESOURCES, exc.reason)
+        return _refused(OUT_OF_RESOURCES, exc.reason, request)
     except StorageUnavailable as exc:
         log.error("dimse.store.storage_unavailable", error=type(exc).__name__, detail=str(exc))  # noqa: TRY400
-        return status(OUT_OF_RESOURCES, str(exc))
+        return _refused(OUT_OF_RESOURCES, str(exc), request)
     except Exception as exc:  # noqa: BLE001  an exception would become 0xC211 without a reason
         # Type only: a library message may quote patient data.
         log.error("dimse.store.failed", error=type(exc).__name__)  # noqa: TRY400
-        return status(PROCESSING_FAILURE, "processing failure")
+        return _refused(PROCESSING_FAILURE, "processing failure", request)
+
+
+def _refused(code: int, reason: str, request: Any) -> tuple[Dataset, InstanceResult]:
+    result = InstanceResult(
+        "rejected",
+        sop_class_uid=str(getattr(request, "AffectedSOPClassUID", "") or "") or None,
+        sop_instance_uid=str(getattr(request, "AffectedSOPInstanceUID", "") or "") or None,
+        reason=reason,
+        failure_code=code,
+    )
+    return status(code, reason), result
 
 
 def _alone(assoc: Any) -> bool:
@@ -88,7 +117,9 @@ def _alone(assoc: Any) -> bool:
     return (len(server.active_associations) if serving is None else serving) <= 1
 
 
-def _store(ingest: IngestPipeline, path: Path, request: Any, source: str, *, overlap: bool) -> Dataset | int:
+def _store(
+    ingest: IngestPipeline, path: Path, request: Any, source: str, *, overlap: bool
+) -> tuple[Dataset | int, InstanceResult]:
     if path.parent == ingest.blobs.staging_dir.absolute():
         # The listener has pynetdicom write into staging, hashing as it writes.
         staged = ingest.adopt_file(path, received_digest(request))
@@ -103,22 +134,24 @@ def _store(ingest: IngestPipeline, path: Path, request: Any, source: str, *, ove
     if examined.parsed is None:
         code = result.failure_code or CANNOT_UNDERSTAND
         log.info("dimse.store.rejected", sop_instance_uid=result.sop_instance_uid, status=f"{code:04X}")
-        return status(code, result.reason)
+        return status(code, result.reason), result
     affected_class = str(request.AffectedSOPClassUID or "")
     affected_instance = str(request.AffectedSOPInstanceUID or "")
     if (affected_class, affected_instance) != (result.sop_class_uid, result.sop_instance_uid):
         ingest.discard([staged])
         log.info("dimse.store.uid_mismatch", sop_instance_uid=affected_instance)
-        return status(DATA_SET_DOES_NOT_MATCH_SOP_CLASS, "SOP Class/Instance UID differ from the C-STORE request")
+        return _refused(
+            DATA_SET_DOES_NOT_MATCH_SOP_CLASS, "SOP Class/Instance UID differ from the C-STORE request", request
+        )
     (result,) = ingest.commit([examined], source, data_synced=[data_synced] if data_synced is not None else None)
     if result.status == "conflict":
-        return status(DUPLICATE_CONFLICT, "stored already with different content")
+        return status(DUPLICATE_CONFLICT, "stored already with different content"), result
     if not result.ok:  # pragma: no cover - commit only stores, finds a duplicate or a conflict
-        return status(result.failure_code or PROCESSING_FAILURE, result.reason)
+        return status(result.failure_code or PROCESSING_FAILURE, result.reason), result
     log.debug("dimse.store.stored", sop_instance_uid=result.sop_instance_uid, status=result.status)
     if result.warnings:
-        return status(WARNING_COERCED, result.warnings[0])
-    return SUCCESS
+        return status(WARNING_NOT_CONFORMANT, result.warnings[0]), result
+    return SUCCESS, result
 
 
 def discard_partial_data_set(event: Any) -> None:
