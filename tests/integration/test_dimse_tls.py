@@ -12,6 +12,7 @@ import contextlib
 import datetime as dt
 import ipaddress
 import os
+import queue
 import socket
 import ssl
 import struct
@@ -24,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pydicom
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -31,10 +33,14 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from dimse_support import AE_TITLE, CORPUS, Listener, after_meta, dcmtk, free_port, sop_instance_uid, start_listener
 from dimse_support import tool as dcmtk_tool
+from pydicom.dataset import Dataset
+from pynetdicom import AE, build_role, evt
 
-from pixport.config import DimseSettings, RemoteNode
+from pixport.config import DimseSettings, RemoteNode, Settings, StorageSettings
 from pixport.dimse import scu
+from pixport.dimse.commitment import STORAGE_COMMITMENT_PUSH_MODEL
 from pixport.errors import PeerUnavailable
+from pixport.wiring import build_archive
 
 CT = CORPUS / "modality" / "ct" / "CT_small.dcm"  # 39 kB, Explicit VR Little Endian
 # No Data Set Trailing Padding, which DCMTK's storescu drops when it sends (PS3.5 7.7 allows it).
@@ -486,6 +492,88 @@ def test_scu_sends_to_dcmtk_storescp_over_tls(tmp_path: Path, pki: Pki) -> None:
     received = {sop_instance_uid(p): data_set(p) for p in peer.folder.iterdir()}
     assert received == {sop_instance_uid(p): data_set(p) for p in (CT, JPEG)}
     assert "peer did not return a certificate" in peer.log.read_text(errors="replace")
+
+
+def test_find_get_and_move_over_tls(tmp_path: Path, pki: Pki) -> None:
+    """C-FIND and C-GET from our TLS listener, and its C-MOVE sub-association to a TLS storescp."""
+    settings = client_settings(pki)
+    with tls_storescp(tmp_path, pki) as destination:
+        remotes = [{"ae_title": destination.ae_title, "host": "127.0.0.1", "port": destination.port, "tls": True}]
+        for node in start_listener(
+            tmp_path / "node",
+            tls_certificate=pki.node_cert,
+            tls_private_key=pki.node_key,
+            tls_ca_certificates=pki.ca,
+            remotes=remotes,
+        ):
+            remote = tls_node(node.port)
+            assert [r.ok for r in scu.send(settings, remote, [CT])] == [True]
+            study = str(pydicom.dcmread(CT, stop_before_pixels=True).StudyInstanceUID)
+            matches = scu.find(
+                settings, remote, "STUDY", {"StudyInstanceUID": study, "NumberOfStudyRelatedInstances": ""}
+            )
+            assert [(m.StudyInstanceUID, m.NumberOfStudyRelatedInstances) for m in matches] == [(study, 1)]
+            local = build_archive(Settings(storage=StorageSettings(data_dir=tmp_path / "local")))
+            try:
+                retrieval = scu.get(settings, remote, "STUDY", [study], local)
+                assert retrieval.ok, retrieval
+                assert [r.status for r in retrieval.instances] == ["stored"]
+            finally:
+                local.close()
+            moved = scu.move(settings, remote, destination.ae_title, "STUDY", [study])
+            assert (moved.status, moved.completed, moved.failed) == (0x0000, 1, 0)
+    received = {sop_instance_uid(p): data_set(p) for p in destination.folder.iterdir()}
+    assert received == {sop_instance_uid(CT): data_set(CT)}
+
+
+def test_storage_commitment_report_over_tls(tmp_path: Path, pki: Pki) -> None:
+    """N-ACTION over TLS; the N-EVENT-REPORT on a new TLS association to the requester (pynetdicom)."""
+    port = free_port()
+    reports: queue.Queue[Dataset] = queue.Queue()
+
+    def on_report(event: Any) -> int:
+        reports.put(event.event_information)
+        return 0x0000
+
+    server_side = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=pki.ca)
+    server_side.load_cert_chain(pki.node_cert, pki.node_key)
+    server_side.verify_mode = ssl.CERT_REQUIRED  # PixPort must present its certificate
+    requester = AE(ae_title=SCU_AET)
+    requester.add_supported_context(STORAGE_COMMITMENT_PUSH_MODEL, scu_role=True, scp_role=True)
+    requester.add_requested_context(STORAGE_COMMITMENT_PUSH_MODEL)
+    server = requester.start_server(
+        ("127.0.0.1", port), block=False, ssl_context=server_side, evt_handlers=[(evt.EVT_N_EVENT_REPORT, on_report)]
+    )
+    try:
+        remotes = [{"ae_title": SCU_AET, "host": "127.0.0.1", "port": port, "tls": True}]
+        for node in start_listener(
+            tmp_path, tls_certificate=pki.node_cert, tls_private_key=pki.node_key, tls_ca_certificates=pki.ca,
+            remotes=remotes,
+        ):  # fmt: skip
+            settings = client_settings(pki)
+            assert [r.ok for r in scu.send(settings, tls_node(node.port), [CT])] == [True]
+            ct = pydicom.dcmread(CT, stop_before_pixels=True)
+            action = Dataset()
+            action.TransactionUID = "2.25.424242"
+            item = Dataset()
+            item.ReferencedSOPClassUID = ct.SOPClassUID
+            item.ReferencedSOPInstanceUID = ct.SOPInstanceUID
+            action.ReferencedSOPSequence = [item]
+            client_side = ssl.create_default_context(cafile=pki.ca)
+            client_side.load_cert_chain(pki.client_cert, pki.client_key)
+            assoc = requester.associate(
+                "127.0.0.1", node.port, ae_title=AE_TITLE, tls_args=(client_side, "127.0.0.1"),
+                ext_neg=[build_role(STORAGE_COMMITMENT_PUSH_MODEL, scu_role=True)],
+            )  # fmt: skip
+            assert assoc.is_established
+            status, _ = assoc.send_n_action(action, 1, STORAGE_COMMITMENT_PUSH_MODEL, "1.2.840.10008.1.20.1.1")
+            assoc.release()
+            assert status.Status == 0x0000
+            info = reports.get(timeout=20)
+            assert info.TransactionUID == "2.25.424242"
+            assert [i.ReferencedSOPInstanceUID for i in info.ReferencedSOPSequence] == [ct.SOPInstanceUID]
+    finally:
+        server.shutdown()
 
 
 # ---------------------------------------------------------------------------------------------
