@@ -355,3 +355,45 @@ def test_c_move_sub_associations_have_tcp_nodelay(tmp_path: Path) -> None:
     finally:
         server.shutdown()
     assert nodelay == [True] * len(cts)
+
+
+@pytest.mark.parametrize(
+    "keys",
+    [
+        ["QueryRetrieveLevel=PATIENT", "PatientID=*"],  # the whole archive, by wildcard
+        ["QueryRetrieveLevel=STUDY", "PatientID=PAT-1"],  # no Study Instance UID at STUDY level
+        ["QueryRetrieveLevel=SERIES", "StudyInstanceUID=STUDY"],  # no Series Instance UID
+        ["QueryRetrieveLevel=STUDY", "StudyInstanceUID=1.2.826.0.1.3680043.8.498.*"],
+    ],
+)
+def test_a_retrieve_must_name_its_instances(listener: Listener, tmp_path: Path, keys: list[str]) -> None:
+    """A900 for a retrieve without its level's unique key, or with a wildcard in one: nothing is sent."""
+    cts = larger_cts(tmp_path / "cts", 2)
+    study = store(listener, cts)
+    out = tmp_path / "got"
+    out.mkdir()
+    keys = [key.replace("=STUDY", f"={study}") for key in keys]
+    patient_root = keys[0].endswith("PATIENT")
+    result = dcmtk(
+        "getscu", "-v", "-P" if patient_root else "-S", "-aec", AE_TITLE, "-od", out,
+        *[arg for key in keys for arg in ("-k", key)], "127.0.0.1", listener.port,
+    )  # fmt: skip
+    report = result.stdout + result.stderr
+    assert "Received C-GET Response (Error: DataSetDoesNotMatchSOPClass)" in report, report
+    assert list(out.iterdir()) == []
+
+
+def test_patient_root_get_at_image_level(listener: Listener, tmp_path: Path) -> None:
+    cts = larger_cts(tmp_path / "cts", 3)
+    store(listener, cts)
+    wanted = pydicom.dcmread(cts[1], stop_before_pixels=True)
+    out = tmp_path / "got"
+    out.mkdir()
+    result = dcmtk(
+        "getscu", "+B", "-P", "-aec", AE_TITLE, "-od", out,
+        "-k", "QueryRetrieveLevel=IMAGE", "-k", f"PatientID={wanted.PatientID}",
+        "-k", f"StudyInstanceUID={wanted.StudyInstanceUID}", "-k", f"SeriesInstanceUID={wanted.SeriesInstanceUID}",
+        "-k", f"SOPInstanceUID={wanted.SOPInstanceUID}", "127.0.0.1", listener.port,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert_received_as_stored(listener, out, [cts[1]])

@@ -43,6 +43,8 @@ UNABLE_TO_PROCESS = 0xC000
 MAX_SUBOPERATIONS = 0xFFFF
 MAX_CONTEXTS = 128
 UNIQUE_KEYS = ("PatientID", "StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")
+LEVEL_KEY = dict(zip(("PATIENT", "STUDY", "SERIES", "IMAGE"), UNIQUE_KEYS, strict=True))
+WILDCARDS = frozenset("*?")
 SOP_CLASS_UID = Tag(0x0008, 0x0016)
 SOP_INSTANCE_UID = Tag(0x0008, 0x0018)
 UNCOMPRESSED = frozenset({ExplicitVRLittleEndian, ImplicitVRLittleEndian})
@@ -56,9 +58,18 @@ def find_instances(archive: Archive, identifier: Dataset) -> list[StoredInstance
         msg = f"unknown Query/Retrieve Level {level_name!r}"
         raise BadQuery(msg)
     keys = [identifier[keyword] for keyword in UNIQUE_KEYS if keyword in identifier and identifier[keyword].value]
-    if not keys:
-        msg = "no unique key to retrieve by"
+    # A retrieve names what it moves (PS3.4 C.4.2.2.1): the level's own unique key, one value or
+    # a list, no wildcards.  Otherwise "PatientID=*" at PATIENT level would send the whole
+    # archive to any known destination.  Messages name keys, never values (patient data).
+    own = LEVEL_KEY[level_name]
+    if not any(element.keyword == own for element in keys):
+        msg = f"no {own} for a {level_name} level retrieve"
         raise BadQuery(msg)
+    for element in keys:
+        values = element.value if element.VM > 1 else [element.value]
+        if any(WILDCARDS.intersection(str(value)) for value in values):
+            msg = f"wildcard in {element.keyword}: a retrieve names its instances"
+            raise BadQuery(msg)
     level = LEVELS[level_name]
     parsed = parse_query(level, query_parameters(keys))
     parsed.query.limit = MAX_SUBOPERATIONS
