@@ -191,6 +191,26 @@ def test_a_data_set_over_the_size_limit_is_dropped_as_it_arrives(
         assert store_status(node, CT) == 0x0000
 
 
+def test_element_and_nesting_limits_are_a700(tmp_path: Path) -> None:
+    """The ingest limits other than the object's size, over DIMSE (the same rules as STOW-RS)."""
+    long_text = pydicom.dcmread(CT)
+    long_text.ImageComments = "x" * 2000  # LT, not Pixel Data: the element limit applies
+    nested = pydicom.dcmread(CT)
+    inner = pydicom.Dataset()
+    inner.CodeValue = "1"
+    for _ in range(3):
+        outer = pydicom.Dataset()
+        outer.ConceptNameCodeSequence = [inner]
+        inner = outer
+    nested.ContentSequence = [inner]
+    limits = {"max_element_bytes": 1024, "max_sequence_depth": 2}
+    for node in start_listener(tmp_path, limits=limits):
+        assert store_answer(node, long_text) == (0xA700, "element (0020,4000) is longer than 1024 bytes")
+        assert store_answer(node, nested) == (0xA700, "sequences nested deeper than 2 levels")
+        assert node.archive.index.count_instances() == 0
+        assert list(node.archive.blobs.staging_dir.iterdir()) == []
+
+
 def test_abort_mid_transfer_leaves_nothing_behind(
     listener: Listener, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

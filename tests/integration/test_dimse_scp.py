@@ -494,3 +494,50 @@ def test_the_data_fsync_overlaps_parsing_only_for_a_lone_association(
         other.release()
     assert helpers == []
     assert listener.archive.index.count_instances() == 4
+
+
+def findscu_file(listener: Listener, model: str, identifier: Path) -> list[pydicom.Dataset]:
+    """findscu with its identifier read from a file (as devices' captured queries are replayed)."""
+    out = listener.archive.blobs.staging_dir.parent / f"find-{time.monotonic_ns()}"
+    out.mkdir()
+    result = dcmtk(
+        "findscu", model, "-aet", "FINDSCU", "-aec", AE_TITLE, "-X", "-od", out, "127.0.0.1", listener.port, identifier
+    )
+    assert result.returncode == 0, result.stderr
+    return [pydicom.dcmread(p) for p in sorted(out.iterdir())]
+
+
+def test_an_identifier_in_iso_2022_ir_149_is_understood(listener: Listener, tmp_path: Path) -> None:
+    """A Korean query as an older modality sends it (KS X 1001 with ISO 2022 escapes), answered in UTF-8."""
+    assert storescu(listener, KOREAN_ISO2022, KOREAN_UTF8, CT).returncode == 0
+    query = pydicom.Dataset()
+    query.SpecificCharacterSet = ["", "ISO 2022 IR 149"]
+    query.QueryRetrieveLevel = "STUDY"
+    query.PatientName = "홍*"  # matched on every component group, as QIDO-RS does
+    query.PatientID = ""
+    query.StudyInstanceUID = ""
+    identifier = tmp_path / "korean-query.dcm"
+    pydicom.dcmwrite(identifier, query, implicit_vr=False, little_endian=True)
+    assert b"\x1b$)C" in identifier.read_bytes()  # the KS X 1001 escape: the query really is ISO 2022
+    responses = findscu_file(listener, "-S", identifier)
+    assert len(responses) == 2
+    for response in responses:
+        assert response.SpecificCharacterSet == "ISO_IR 192"
+        assert str(response.PatientName) == HONG
+
+
+def test_a_zeiss_oct_query_is_answered(listener: Listener, tmp_path: Path) -> None:
+    """The C-FIND identifier captured from a Zeiss OCT (corpus/dimse): IMAGE level, no UIDs, a sequence key."""
+    scan = pydicom.dcmread(CT)
+    scan.PatientID = "Zeiss-0042"
+    scan.PatientBirthDate = "19850312"
+    scan.SOPInstanceUID = generate_uid()
+    scan.file_meta.MediaStorageSOPInstanceUID = scan.SOPInstanceUID
+    path = tmp_path / "oct.dcm"
+    scan.save_as(path, enforce_file_format=True)
+    assert storescu(listener, path, KOREAN_UTF8).returncode == 0
+    responses = findscu_file(listener, "-S", CORPUS / "dimse" / "zeiss_oct_cfind_query.dcm")
+    assert [(r.PatientID, r.SOPInstanceUID, r.QueryRetrieveLevel) for r in responses] == [
+        ("Zeiss-0042", scan.SOPInstanceUID, "IMAGE")
+    ]
+    assert responses[0].SpecificCharacterSet == "ISO_IR 192"
