@@ -175,10 +175,11 @@ def _print_send_summary(summary: dict[str, Any]) -> None:
 
 def _parse_keys(keys: list[str]) -> dict[str, str]:
     parsed: dict[str, str] = {}
-    for item in keys:
+    for number, item in enumerate(keys, start=1):
         name, sep, value = item.partition("=")
         if not sep or not name.strip():
-            msg = f"query key {item!r} is not written KEY=VALUE"
+            # Not the item itself: without its "=", a value (a patient's name) may be all it is.
+            msg = f"query key #{number} is not written KEY=VALUE"
             raise BadQuery(msg)
         parsed[name.strip()] = value
     return parsed

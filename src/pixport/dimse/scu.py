@@ -427,7 +427,9 @@ def _store(assoc: Association, offer: _Offer) -> SendResult | None:
         try:
             payload, syntax, transcoded = _decoded(offer), ExplicitVRLittleEndian, True
         except (PixelDataError, OSError) as exc:
-            return SendResult(offer.name, offer.sop_instance_uid, reason=f"cannot be decoded: {exc}")
+            # An OSError's text repeats the file's path, which may hold a patient's name.
+            detail = exc.strerror if isinstance(exc, OSError) else str(exc)
+            return SendResult(offer.name, offer.sop_instance_uid, reason=f"cannot be decoded: {detail}")
     else:
         reason = f"the peer accepts no transfer syntax for SOP Class {offer.sop_class_uid}"
         return SendResult(offer.name, offer.sop_instance_uid, reason=reason)
