@@ -286,15 +286,23 @@ class Lookahead:
 
 
 def storage_contexts(instances: list[StoredInstance]) -> list[PresentationContext]:
-    """Contexts to propose to a move destination: each stored (class, syntax), and Explicit VR LE."""
-    contexts: dict[tuple[str, tuple[str, ...]], None] = {}
-    for instance in instances:
-        if instance.transfer_syntax_uid not in UNCOMPRESSED:
-            contexts[(instance.sop_class_uid, (instance.transfer_syntax_uid,))] = None
-    for instance in instances:
-        contexts[(instance.sop_class_uid, (ExplicitVRLittleEndian, ImplicitVRLittleEndian))] = None
+    """Contexts to propose to a move destination: each stored (class, syntax), and Explicit VR LE.
+
+    Past the 128 an association can carry, the Little Endian context of every class is kept
+    first: with it any instance of the class can still go, decoded; without it, none whose
+    stored syntax the destination refuses.
+    """
+    fallbacks = {
+        (instance.sop_class_uid, (ExplicitVRLittleEndian, ImplicitVRLittleEndian)): None for instance in instances
+    }
+    stored_syntaxes = {
+        (instance.sop_class_uid, (instance.transfer_syntax_uid,)): None
+        for instance in instances
+        if instance.transfer_syntax_uid not in UNCOMPRESSED
+    }
+    chosen = [*fallbacks, *stored_syntaxes][:MAX_CONTEXTS]
     result = []
-    for sop_class, syntaxes in list(contexts)[:MAX_CONTEXTS]:
+    for sop_class, syntaxes in chosen:
         context = PresentationContext()
         context.abstract_syntax = sop_class
         context.transfer_syntax = list(syntaxes)
