@@ -51,8 +51,9 @@ def send_as_stored(port: int, called: str, files: list[Path], *, every_one: bool
 
     (storescu proposes a fixed list of SOP classes: it skips, with exit code 0, an Encapsulated
     STL or any class it does not know.)  A file dcmsend will not send (a SOP Instance UID it
-    calls invalid) goes by pynetdicom, from the file as it is.  ``every_one``: the peer must
-    accept every file's transfer syntax (PixPort does; DCMTK's storescp does not).
+    calls invalid) goes by pynetdicom, as a data set with its own UIDs (its File Meta's differ).
+    ``every_one``: the peer must accept every file's transfer syntax (PixPort does; DCMTK's
+    storescp does not).
     """
     result = dcmtk("dcmsend", "-v", "-dn", "-nh", "-aec", called, "127.0.0.1", port, *files, timeout=300)
     assert result.returncode == 0, result.stderr
@@ -69,7 +70,7 @@ def send_as_stored(port: int, called: str, files: list[Path], *, every_one: bool
         assoc = ae.associate("127.0.0.1", port, ae_title=called)
         assert assoc.is_established
         try:
-            assert assoc.send_c_store(path).Status == 0x0000, path.name
+            assert assoc.send_c_store(pydicom.dcmread(path)).Status == 0x0000, path.name
         finally:
             assoc.release()
 
