@@ -29,15 +29,7 @@ def listener(tmp_path: Path) -> Iterator[Listener]:
 
 def store_status(listener: Listener, dataset: pydicom.Dataset | Path) -> int:
     """C-STORE with pynetdicom (for data sets DCMTK refuses to send); the status code."""
-    ds = pydicom.dcmread(dataset) if isinstance(dataset, Path) else dataset
-    ae = AE(ae_title="FAULTS")
-    ae.add_requested_context(ds.SOPClassUID, ds.file_meta.TransferSyntaxUID)
-    assoc = ae.associate("127.0.0.1", listener.port, ae_title=AE_TITLE)
-    assert assoc.is_established
-    try:
-        return int(assoc.send_c_store(ds).Status)
-    finally:
-        assoc.release()
+    return store_answer(listener, pydicom.dcmread(dataset) if isinstance(dataset, Path) else dataset)[0]
 
 
 def storescu_status(listener: Listener, path: Path) -> str:

@@ -238,3 +238,33 @@ def test_answers_to_association_and_release_requests_are_sent_by_the_association
             break
         threading.Event().wait(0.05)
     assert sent == [("A_ASSOCIATE_AC", True), ("A_RELEASE_RP", True)]
+
+
+def test_the_dul_looking_at_its_queue_during_a_direct_answer_does_not_act_twice(
+    listener: Listener, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The DUL's own loop peeks at the queue right when the association thread answers directly.
+
+    ``send_pdu`` puts the A-ASSOCIATE-AC (or A-RELEASE-RP) primitive in the queue and runs its
+    action; here the DUL's look at the queue (``_process_recv_primitive``) is started in
+    between, on another thread, at the worst moment.  It must wait for the action, find the
+    queue empty and queue nothing: an event queued then would be acted on in the wrong state,
+    and the association aborted.
+    """
+    act = reactor.EventDrivenDUL._act
+    raced: list[str] = []
+
+    def act_after_a_peek(self: reactor.EventDrivenDUL, event: str) -> None:
+        if event in {"Evt7", "Evt14"} and threading.get_ident() != self.ident:  # the direct answer
+            peek = threading.Thread(target=self._process_recv_primitive)
+            peek.start()
+            peek.join(0.2)
+            raced.append(event)
+        act(self, event)
+
+    monkeypatch.setattr(reactor.EventDrivenDUL, "_act", act_after_a_peek)
+    for _ in range(3):
+        result = dcmtk("echoscu", "-aec", AE_TITLE, "127.0.0.1", listener.port)
+        assert result.returncode == 0, result.stderr
+    assert raced.count("Evt7") == 3
+    assert raced.count("Evt14") == 3

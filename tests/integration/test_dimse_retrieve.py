@@ -105,6 +105,14 @@ def store(listener: Listener, paths: list[Path]) -> str:
     return str(pydicom.dcmread(paths[0], stop_before_pixels=True).StudyInstanceUID)
 
 
+def move_study(listener: Listener, study: str) -> subprocess.CompletedProcess[str]:
+    """movescu of one study to the destination ``DEST``."""
+    return dcmtk(
+        "movescu", "-S", "-aet", "MOVESCU", "-aem", "DEST", "-aec", AE_TITLE,
+        "-k", "QueryRetrieveLevel=STUDY", "-k", f"StudyInstanceUID={study}", "127.0.0.1", listener.port,
+    )  # fmt: skip
+
+
 def assert_received_as_stored(listener: Listener, folder: Path, sent: list[Path]) -> None:
     received = {sop_instance_uid(path): path for path in folder.iterdir()}
     assert set(received) == {sop_instance_uid(path) for path in sent}
@@ -156,10 +164,7 @@ def test_movescu_destination_receives_every_instance_as_stored(
         with subprocess.Popen(command) as receiver:
             try:
                 time.sleep(0.5)
-                result = dcmtk(
-                    "movescu", "-S", "-aet", "MOVESCU", "-aem", "DEST", "-aec", AE_TITLE,
-                    "-k", "QueryRetrieveLevel=STUDY", "-k", f"StudyInstanceUID={study}", "127.0.0.1", listener.port,
-                )  # fmt: skip
+                result = move_study(listener, study)
                 assert result.returncode == 0, result.stderr
             finally:
                 receiver.terminate()
@@ -318,11 +323,7 @@ def test_a_move_destination_with_nagle_is_not_stalled_per_sub_operation(tmp_path
                 try:
                     time.sleep(0.5)
                     started = time.monotonic()
-                    result = dcmtk(
-                        "movescu", "-S", "-aet", "MOVESCU", "-aem", "DEST", "-aec", AE_TITLE,
-                        "-k", "QueryRetrieveLevel=STUDY", "-k", f"StudyInstanceUID={study}",
-                        "127.0.0.1", listener.port,
-                    )  # fmt: skip
+                    result = move_study(listener, study)
                     seconds[nodelay] = time.monotonic() - started
                     assert result.returncode == 0, result.stderr
                 finally:
@@ -347,10 +348,7 @@ def test_c_move_sub_associations_have_tcp_nodelay(tmp_path: Path) -> None:
     try:
         for listener in start_listener(tmp_path, remotes=[{"ae_title": "DEST", "host": "127.0.0.1", "port": port}]):
             study = store(listener, cts)
-            result = dcmtk(
-                "movescu", "-S", "-aet", "MOVESCU", "-aem", "DEST", "-aec", AE_TITLE,
-                "-k", "QueryRetrieveLevel=STUDY", "-k", f"StudyInstanceUID={study}", "127.0.0.1", listener.port,
-            )  # fmt: skip
+            result = move_study(listener, study)
             assert result.returncode == 0, result.stderr
     finally:
         server.shutdown()

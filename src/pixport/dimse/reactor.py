@@ -153,6 +153,18 @@ class EventDrivenDUL(DULServiceProvider):
                         return
         super().send_pdu(primitive)
 
+    def _process_recv_primitive(self) -> bool:
+        """The look at the next primitive to send (pynetdicom's), under ``_send_lock``.
+
+        pynetdicom peeks at the queue's head and queues the matching event, and the action
+        takes the primitive off later.  ``send_pdu`` puts an answer in the queue and runs its
+        action at once, both under the lock: a peek between the two, unlocked, queued the
+        event a second time, and the state machine then met Evt7 in Sta6 and aborted the
+        association (seen once in four associations' set-up on a fresh listener).
+        """
+        with self._send_lock:
+            return bool(super()._process_recv_primitive())
+
     def _act(self, event: str) -> None:
         """Run the state machine's action for ``event`` (the caller holds ``_send_lock``)."""
         self.state_machine.do_action(event)
