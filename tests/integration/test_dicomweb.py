@@ -154,6 +154,19 @@ def test_stow_raw_bytes_are_kept_exactly(node: Node) -> None:
     assert split_multipart(response)[0][1] == original
 
 
+def test_stored_with_remarks_is_warning_b007_never_b000(node: Node) -> None:
+    """A non-conformant UID is stored as sent with a warning: B007, not B000 (no coercion)."""
+    dataset = pydicom.dcmread(CT)
+    dataset.SeriesInstanceUID = "1.2.03.4"  # a component with a leading zero
+    buffer = io.BytesIO()
+    dataset.save_as(buffer, enforce_file_format=True)
+    response = stow(node, [buffer.getvalue()])
+    assert response.status_code == 200  # stored: no failure
+    (item,) = response.json()["00081199"]["Value"]
+    assert item["00081196"]["Value"] == [0xB007]
+    assert "SeriesInstanceUID 1.2.03.4 is not a conformant UID" in item["00000902"]["Value"][0]
+
+
 def test_stow_rejects_bad_parts_one_by_one_and_stores_the_rest(node: Node) -> None:
     response = stow(node, [CT, TRUNCATED, NO_UIDS, b"not dicom at all" * 20])
     assert response.status_code == 202

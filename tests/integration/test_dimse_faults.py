@@ -183,6 +183,16 @@ def test_a_data_set_over_the_size_limit_is_dropped_as_it_arrives(
         assert store_status(node, CT) == 0x0000
 
 
+def test_stored_with_remarks_is_warning_b007(listener: Listener) -> None:
+    """Stored as sent, with the remark in Error Comment: B007 (B000 would claim a coercion)."""
+    dataset = pydicom.dcmread(CT)
+    dataset.SeriesInstanceUID = "1.2.03.4"  # a component with a leading zero
+    status, comment = store_answer(listener, dataset)
+    assert status == 0xB007
+    assert comment == "SeriesInstanceUID 1.2.03.4 is not a conformant UID"
+    assert listener.archive.index.count_instances() == 1
+
+
 def test_element_and_nesting_limits_are_a700(tmp_path: Path) -> None:
     """The ingest limits other than the object's size, over DIMSE (the same rules as STOW-RS)."""
     long_text = pydicom.dcmread(CT)

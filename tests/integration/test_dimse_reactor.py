@@ -253,12 +253,15 @@ def test_the_dul_looking_at_its_queue_during_a_direct_answer_does_not_act_twice(
     """
     act = reactor.EventDrivenDUL._act
     raced: list[str] = []
+    peeks: list[tuple[threading.Thread, list[bool]]] = []
 
     def act_after_a_peek(self: reactor.EventDrivenDUL, event: str) -> None:
         if event in {"Evt7", "Evt14"} and threading.get_ident() != self.ident:  # the direct answer
-            peek = threading.Thread(target=self._process_recv_primitive)
+            found: list[bool] = []
+            peek = threading.Thread(target=lambda: found.append(self._process_recv_primitive()))
             peek.start()
-            peek.join(0.2)
+            peek.join(0.2)  # it waits for the send lock, which this thread holds until it has answered
+            peeks.append((peek, found))
             raced.append(event)
         act(self, event)
 
@@ -268,3 +271,6 @@ def test_the_dul_looking_at_its_queue_during_a_direct_answer_does_not_act_twice(
         assert result.returncode == 0, result.stderr
     assert raced.count("Evt7") == 3
     assert raced.count("Evt14") == 3
+    for peek, found in peeks:
+        peek.join(10)
+        assert found == [False], "the DUL's look found an answer already sent (and would act on it again)"

@@ -38,6 +38,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 )
 
 from pixport.dimse import pdata, retrieve
+from pixport.errors import BadQuery
 
 CT = CORPUS / "modality" / "ct" / "CT_small.dcm"
 UID_ROOT = "1.2.826.0.1.3680043.8.498."
@@ -356,28 +357,42 @@ def test_c_move_sub_associations_have_tcp_nodelay(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    "keys",
+    ("keys", "reason"),
     [
-        ["QueryRetrieveLevel=PATIENT", "PatientID=*"],  # the whole archive, by wildcard
-        ["QueryRetrieveLevel=STUDY", "PatientID=PAT-1"],  # no Study Instance UID at STUDY level
-        ["QueryRetrieveLevel=SERIES", "StudyInstanceUID=STUDY"],  # no Series Instance UID
-        ["QueryRetrieveLevel=STUDY", "StudyInstanceUID=1.2.826.0.1.3680043.8.498.*"],
+        (["QueryRetrieveLevel=PATIENT", "PatientID=*"], "wildcard in PatientID"),  # the whole archive
+        (["QueryRetrieveLevel=STUDY", "PatientID=PAT-1"], "no StudyInstanceUID for a STUDY level retrieve"),
+        (["QueryRetrieveLevel=SERIES", "StudyInstanceUID={study}"], "no SeriesInstanceUID for a SERIES level"),
+        (["QueryRetrieveLevel=STUDY", "StudyInstanceUID=1.2.826.0.1.3680043.8.498.*"], "wildcard in StudyInstanceUID"),
     ],
 )
-def test_a_retrieve_must_name_its_instances(listener: Listener, tmp_path: Path, keys: list[str]) -> None:
+def test_a_retrieve_must_name_its_instances(listener: Listener, tmp_path: Path, keys: list[str], reason: str) -> None:
     """A900 for a retrieve without its level's unique key, or with a wildcard in one: nothing is sent."""
     cts = larger_cts(tmp_path / "cts", 2)
     study = store(listener, cts)
     out = tmp_path / "got"
     out.mkdir()
-    keys = [key.replace("=STUDY", f"={study}") for key in keys]
+    keys = [key.format(study=study) for key in keys]
     patient_root = keys[0].endswith("PATIENT")
-    result = dcmtk(
-        "getscu", "-v", "-P" if patient_root else "-S", "-aec", AE_TITLE, "-od", out,
-        *[arg for key in keys for arg in ("-k", key)], "127.0.0.1", listener.port,
-    )  # fmt: skip
+    refused: list[str] = []
+    original = retrieve.find_instances
+
+    def find_instances(archive: Any, identifier: Any) -> Any:
+        try:
+            return original(archive, identifier)
+        except BadQuery as exc:
+            refused.append(str(exc))
+            raise
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(retrieve, "find_instances", find_instances)
+        result = dcmtk(
+            "getscu", "-v", "-P" if patient_root else "-S", "-aec", AE_TITLE, "-od", out,
+            *[arg for key in keys for arg in ("-k", key)], "127.0.0.1", listener.port,
+        )  # fmt: skip
     report = result.stdout + result.stderr
     assert "Received C-GET Response (Error: DataSetDoesNotMatchSOPClass)" in report, report
+    assert len(refused) == 1
+    assert refused[0].startswith(reason), refused
     assert list(out.iterdir()) == []
 
 

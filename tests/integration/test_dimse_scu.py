@@ -10,6 +10,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -310,6 +311,20 @@ def test_get_from_dcmqrscp_into_the_archive(
     # Again: the archive's duplicate rule applies to what C-GET brings.
     again = scu.get(settings, remote_of(peer), "STUDY", [ct.StudyInstanceUID], archive)
     assert [r.status for r in again.instances] == ["duplicate"]
+
+
+def test_get_leaves_no_received_file_behind(
+    qrscp: tuple[Peer, Peer], settings: DimseSettings, archive: Archive, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """pynetdicom writes what a C-GET brings to a temporary file and, as a requester, never deletes it."""
+    peer, _ = qrscp
+    received = tmp_path / "pynetdicom-tmp"
+    received.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(received))
+    ct = pydicom.dcmread(CT_SIGNED, stop_before_pixels=True)
+    retrieval = scu.get(settings, remote_of(peer), "STUDY", [ct.StudyInstanceUID], archive)
+    assert [r.status for r in retrieval.instances] == ["stored"]
+    assert list(received.iterdir()) == []
 
 
 def test_get_answers_a_conflicting_duplicate_as_our_scp_does(

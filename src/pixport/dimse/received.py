@@ -147,7 +147,11 @@ class HashingTemporaryFile:
         return self._sha.hexdigest()
 
     def close(self) -> None:
-        self._file.close()
+        """Close; a failure to write what is still buffered fails the data set (module doc)."""
+        try:
+            self._file.close()
+        except OSError as exc:
+            self._fail(_write_error(exc))
 
     def __del__(self) -> None:
         # As tempfile's wrapper does: a file pynetdicom abandoned (a cancelled or aborted

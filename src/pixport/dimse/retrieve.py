@@ -55,7 +55,7 @@ def find_instances(archive: Archive, identifier: Dataset) -> list[StoredInstance
     """The stored instances an identifier asks for, by its level and unique keys; raise ``BadQuery``."""
     level_name = str(identifier.get("QueryRetrieveLevel", "") or "").strip().upper()
     if level_name not in LEVELS:
-        msg = f"unknown Query/Retrieve Level {level_name!r}"
+        msg = "unknown Query/Retrieve Level"  # not the peer's text: it is logged
         raise BadQuery(msg)
     keys = [identifier[keyword] for keyword in UNIQUE_KEYS if keyword in identifier and identifier[keyword].value]
     # A retrieve names what it moves (PS3.4 C.4.2.2.1): the level's own unique key, one value or

@@ -21,6 +21,7 @@ Messages carry AE titles, addresses, UIDs and status codes, never identifiers' c
 
 from __future__ import annotations
 
+import contextlib
 import re
 import ssl
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -722,9 +723,24 @@ class _Receiver:
         self.results: list[InstanceResult] = []
 
     def handle_store(self, event: Any) -> Dataset | int:
-        answer, result = store_event(self.archive.ingest, event, self.source)
+        try:
+            answer, result = store_event(self.archive.ingest, event, self.source)
+        finally:
+            # pynetdicom deletes the received file after its Storage SCP's handler, not after a
+            # C-GET requester's: here it would stay in the temporary folder, patient data and all.
+            _discard_received(event)
         self.results.append(result)
         return answer
+
+
+def _discard_received(event: Any) -> None:
+    """Close and delete the file pynetdicom wrote a received data set to (gone already if adopted)."""
+    received = getattr(event.request, "_dataset_file", None)
+    if received is None:
+        return
+    with contextlib.suppress(OSError):
+        received.close()
+    Path(received.name).unlink(missing_ok=True)
 
 
 def get(  # noqa: PLR0913  the standard's parameters

@@ -76,7 +76,7 @@ def store_event(
     request = event.request
     try:
         path = Path(event.dataset_path)
-    except AttributeError:
+    except (AttributeError, TypeError):  # no file: pynetdicom was not told to write one
         log.error("dimse.store.no_dataset_file")  # noqa: TRY400  nothing to trace
         return _refused(PROCESSING_FAILURE, "data set not received", request)
     if (failure := receive_failure(request)) is not None:
