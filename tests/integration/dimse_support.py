@@ -133,6 +133,19 @@ def half_sent_c_store(port: int, path: Path, calling: str, max_pdu: int = 4096) 
     return assoc
 
 
+def store_answer(listener: Listener, dataset: pydicom.Dataset, calling: str = "FAULTS") -> tuple[int, str]:
+    """C-STORE with pynetdicom (for data sets DCMTK refuses to send): the status and the Error Comment."""
+    ae = AE(ae_title=calling)
+    ae.add_requested_context(dataset.SOPClassUID, dataset.file_meta.TransferSyntaxUID)
+    assoc = ae.associate("127.0.0.1", listener.port, ae_title=AE_TITLE)
+    assert assoc.is_established
+    try:
+        answer = assoc.send_c_store(dataset)
+        return int(answer.Status), str(answer.get("ErrorComment", ""))
+    finally:
+        assoc.release()
+
+
 def caller_has_nodelay(event: Any) -> bool:
     """Whether the association that called an in-process test SCP has TCP_NODELAY on its socket.
 

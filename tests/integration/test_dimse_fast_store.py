@@ -6,10 +6,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from dimse_support import AE_TITLE, CORPUS, after_meta, dcmtk, start_listener, stored
+from dimse_support import AE_TITLE, CORPUS, after_meta, dcmtk, start_listener, store_answer, stored
 from pydicom import dcmread
 from pydicom.dataset import Dataset
-from pynetdicom import AE, evt
+from pynetdicom import evt
 
 from pixport.dimse import fast_store, reactor
 from pixport.dimse.reactor import EventDrivenDUL
@@ -93,17 +93,8 @@ def test_a_handlers_error_comment_is_sent_in_the_default_repertoire(tmp_path: Pa
             return answer
 
         listener.server.bind(evt.EVT_C_STORE, reactor.safe_on_receiving_thread(refusing))
-        dataset = dcmread(FILES[0])
-        ae = AE(ae_title="FASTTEST")
-        ae.add_requested_context(dataset.SOPClassUID, dataset.file_meta.TransferSyntaxUID)
-        assoc = ae.associate("127.0.0.1", listener.port, ae_title=AE_TITLE)
-        assert assoc.is_established
-        try:
-            answer = assoc.send_c_store(dataset)
-        finally:
-            assoc.release()
-        assert answer.Status == 0xA700
-        comment = str(answer.ErrorComment)
+        status, comment = store_answer(listener, dcmread(FILES[0]), "FASTTEST")
+        assert status == 0xA700
         assert comment.isascii()
         assert comment.startswith("?? ?? ?? ")  # each Hangul syllable replaced
         assert len(comment) <= 64

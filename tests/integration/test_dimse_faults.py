@@ -10,7 +10,16 @@ from pathlib import Path
 
 import pydicom
 import pytest
-from dimse_support import AE_TITLE, CORPUS, Listener, after_meta, dcmtk, half_sent_c_store, start_listener
+from dimse_support import (
+    AE_TITLE,
+    CORPUS,
+    Listener,
+    after_meta,
+    dcmtk,
+    half_sent_c_store,
+    start_listener,
+    store_answer,
+)
 from pynetdicom import AE
 from pynetdicom.dimse_primitives import C_STORE
 from test_disk_full import small_disk  # noqa: F401  fixture
@@ -111,19 +120,6 @@ def test_disk_full_is_a700_and_the_node_stays_up(small_disk: Path) -> None:  # n
         assert node.archive.index.count_instances() == 1
         assert list(node.archive.blobs.staging_dir.iterdir()) == []
         assert dcmtk("echoscu", "-aec", AE_TITLE, "127.0.0.1", node.port).returncode == 0
-
-
-def store_answer(listener: Listener, dataset: pydicom.Dataset) -> tuple[int, str]:
-    """C-STORE with pynetdicom: the status and the Error Comment."""
-    ae = AE(ae_title="FAULTS")
-    ae.add_requested_context(dataset.SOPClassUID, dataset.file_meta.TransferSyntaxUID)
-    assoc = ae.associate("127.0.0.1", listener.port, ae_title=AE_TITLE)
-    assert assoc.is_established
-    try:
-        answer = assoc.send_c_store(dataset)
-        return int(answer.Status), str(answer.get("ErrorComment", ""))
-    finally:
-        assoc.release()
 
 
 @pytest.fixture
