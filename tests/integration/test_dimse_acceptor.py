@@ -7,16 +7,22 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import cast
 
 import pytest
 from dimse_support import AE_TITLE, Listener, dcmtk, start_listener
 from pynetdicom import AE, evt
+from pynetdicom._globals import APPLICATION_CONTEXT_NAME
+from pynetdicom.pdu import A_ASSOCIATE_RQ
+from pynetdicom.pdu_primitives import A_ASSOCIATE, MaximumLengthNotification
+from pynetdicom.presentation import PresentationContext
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from pixport.dimse import acceptor as acceptor_module
 from pixport.dimse import reactor, scp
 from pixport.dimse.acceptor import WAITING_NAME, ReadyAcceptor
 from pixport.dimse.network import configure_pynetdicom
+from pixport.dimse.reactor import EventDrivenDUL
 
 
 @pytest.fixture
@@ -190,3 +196,88 @@ def test_the_ready_acceptor_takes_no_place_among_the_associations_allowed(
                 assoc.release()
         with pytest.raises(StopIteration):
             next(started)
+
+
+def test_a_caller_that_hangs_up_at_once_ends_its_acceptor_cleanly(
+    listener: Listener, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The DUL runs before ``attach`` returns: the caller's address must be set before it can act.
+
+    A caller that connects and closes (a port probe, a failed TLS client) makes the DUL go
+    Sta1 -> Sta2 (Evt5) -> Sta1 (Evt17, AA-5), and AA-5 reads the caller's address. Here the
+    DUL is given the time to do so inside ``set_socket``, the window in which a CI run once
+    found it unset (an AttributeError on the DUL's thread).
+    """
+    ready = wait_for_ready(listener)
+    original = ReadyAcceptor.set_socket
+    back_in_window: list[bool] = []
+
+    def set_socket_then_let_the_dul_act(self: ReadyAcceptor, sock: object) -> None:
+        original(self, sock)
+        dul = cast("EventDrivenDUL", self.dul)
+        dul.wake()  # as attach does next: the DUL may have looked for work before the socket was set
+        back_in_window.append(dul.back_to_idle.wait(5))
+
+    monkeypatch.setattr(ReadyAcceptor, "set_socket", set_socket_then_let_the_dul_act)
+    with socket.create_connection(("127.0.0.1", listener.port), timeout=10):
+        pass  # connected, then closed without a word
+    ready.join(10)
+    assert not ready.is_alive()
+    assert back_in_window == [True]  # the DUL went through AA-5 back to Sta1 within the window
+    assert ready.dul.state_machine.current_state == "Sta1"
+    monkeypatch.undo()
+    assoc = requestor().associate("127.0.0.1", listener.port, ae_title=AE_TITLE)
+    try:
+        assert assoc.is_established  # the next caller is served
+    finally:
+        assoc.release()
+
+
+@pytest.mark.parametrize("sends", [b"", b"\x01\x00"], ids=["nothing", "part-of-a-pdu-header"])
+def test_a_caller_that_hangs_up_before_asking_frees_its_place_at_once(listener: Listener, sends: bytes) -> None:
+    """Not after ``acse_timeout``: port probes and health checks would hold the places meanwhile."""
+    listener.server.ae.acse_timeout = 3600  # read by the acceptor when the connection comes
+    ready = wait_for_ready(listener)
+    with socket.create_connection(("127.0.0.1", listener.port), timeout=10) as probe:
+        probe.sendall(sends)
+    ready.join(10)
+    assert not ready.is_alive()
+    assert not ready.is_established
+    assert ready.dul.state_machine.current_state == "Sta1"
+    assert listener.server.active_associations == []
+    assoc = requestor().associate("127.0.0.1", listener.port, ae_title=AE_TITLE)
+    try:
+        assert assoc.is_established
+    finally:
+        assoc.release()
+
+
+def association_request(called: str) -> bytes:
+    """An A-ASSOCIATE-RQ PDU for Verification, as a requestor would send it."""
+    primitive = A_ASSOCIATE()
+    primitive.application_context_name = APPLICATION_CONTEXT_NAME
+    primitive.calling_ae_title = "ACCEPTORTEST"
+    primitive.called_ae_title = called
+    context = PresentationContext()
+    context.context_id = 1
+    context.abstract_syntax = Verification
+    context.transfer_syntax = ["1.2.840.10008.1.2"]
+    primitive.presentation_context_definition_list = [context]
+    length = MaximumLengthNotification()
+    length.maximum_length_received = 16384
+    primitive.user_information = [length]
+    pdu = A_ASSOCIATE_RQ()
+    pdu.from_primitive(primitive)
+    return bytes(pdu.encode())
+
+
+def test_a_caller_that_asks_then_hangs_up_ends_its_acceptor(listener: Listener) -> None:
+    """A request already in when the connection closes is read first, and the acceptor ends."""
+    listener.server.ae.acse_timeout = 3600
+    ready = wait_for_ready(listener)
+    with socket.create_connection(("127.0.0.1", listener.port), timeout=10) as caller:
+        caller.sendall(association_request(AE_TITLE))
+    ready.join(10)
+    assert not ready.is_alive()
+    assert not ready.is_established
+    assert listener.server.active_associations == []

@@ -87,13 +87,45 @@ class ReadyAcceptor(Association):
             self.dul.kill_dul()
             return
         try:
-            super().run_reactor()
+            if self._caller_asked():
+                super().run_reactor()
+            else:
+                self._end_unasked()
         finally:
             # No longer an active association for the server (which delays accepting while it
             # has some, so that an idle sibling process takes the caller), while it makes the
             # next acceptor: 1-2 ms, more in a fresh process.
             self.name = ENDED_NAME
             self._listener.association_ended()
+
+    def _caller_asked(self) -> bool:
+        """Wait until the caller's A-ASSOCIATE-RQ is in; False if it hangs up first or is late.
+
+        pynetdicom's acceptor waits ``acse_timeout`` for the request whatever happens, so a
+        caller that connects and closes (a port probe, a load balancer's health check, a TLS
+        client that gives up) held an association slot, and delayed this process's next
+        accept, for that long (30 s by default).  The DUL wakes this thread when it is back
+        in Sta1 (``reactor.EventDrivenDUL._act``).
+        """
+        dul = cast("EventDrivenDUL", self.dul)
+        timeout = self.acse_timeout
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while dul.to_user_queue.empty():
+            if dul.back_to_idle.is_set() or not dul.is_alive():
+                return False
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                return False
+            dul.user_wake.wait(remaining)
+            dul.user_wake.clear()  # anything set meanwhile is looked at again above
+        return True
+
+    def _end_unasked(self) -> None:
+        """End as pynetdicom's acceptor does when no request came in time."""
+        self.kill()
+        sock = cast("AssociationSocket", self.dul.socket)
+        if sock is not None and sock.socket is not None:
+            self._listener.shutdown_request(sock.socket)
 
     def attach(self, request: Any, client_address: Any) -> None:
         """Serve this accepted connection, as pynetdicom's ``RequestHandler.handle`` does."""
@@ -103,8 +135,10 @@ class ReadyAcceptor(Association):
         self.dimse_timeout = ae.dimse_timeout
         self.network_timeout = ae.network_timeout
         self.connection_timeout = ae.connection_timeout
-        self.set_socket(AssociationSocket(self, client_socket=request))  # queues Evt5
+        # The address first: the DUL is running already and acts on Evt5 as soon as it is
+        # queued; a caller that has hung up takes it on to AA-5, which reads the address.
         self.requestor.address_info = AddressInformation.from_tuple(client_address)
+        self.set_socket(AssociationSocket(self, client_socket=request))  # queues Evt5
         self.name = f"AcceptorThread@{time.strftime('%Y%m%d%H%M%S')}"  # as pynetdicom names it
         evt.trigger(self, evt.EVT_CONN_OPEN, {"address": client_address})
         cast("EventDrivenDUL", self.dul).wake()  # it may have looked at its queue before the socket was set

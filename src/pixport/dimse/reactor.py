@@ -170,6 +170,7 @@ class EventDrivenDUL(DULServiceProvider):
         self.state_machine.do_action(event)
         if self.state_machine.current_state == "Sta1":
             self.back_to_idle.set()
+            self.user_wake.set()  # an acceptor still waiting for a request stops waiting
 
     def send_raw(self, data: bytes) -> None:
         """Send an encoded PDU now, ordered after any state-machine action in progress."""
