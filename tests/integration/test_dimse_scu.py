@@ -23,10 +23,12 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from pynetdicom import AE, evt
 from pynetdicom.dsutils import split_dataset
 from pynetdicom.sop_class import CTImageStorage, Verification
+from structlog.testing import capture_logs
 
 from pixport.archive.node import Archive
-from pixport.config import DimseSettings, RemoteNode, Settings, StorageSettings
+from pixport.config import DimseSettings, LimitSettings, RemoteNode, Settings, StorageSettings
 from pixport.dimse import scu
+from pixport.dimse.received import RECEIVING
 from pixport.errors import ConfigurationError, PeerUnavailable
 from pixport.wiring import build_archive
 
@@ -316,15 +318,51 @@ def test_get_from_dcmqrscp_into_the_archive(
 def test_get_leaves_no_received_file_behind(
     qrscp: tuple[Peer, Peer], settings: DimseSettings, archive: Archive, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """pynetdicom writes what a C-GET brings to a temporary file and, as a requester, never deletes it."""
+    """What a C-GET brings is received into the archive's staging area and adopted from there.
+
+    Not into the process's temporary folder, where pynetdicom, as a requester, never deletes it.
+    """
     peer, _ = qrscp
-    received = tmp_path / "pynetdicom-tmp"
-    received.mkdir()
-    monkeypatch.setattr(tempfile, "tempdir", str(received))
+    temporary = tmp_path / "process-tmp"
+    temporary.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(temporary))
+
+    def copied(*args: object, **kwargs: object) -> object:
+        raise AssertionError("a received data set was copied instead of adopted")
+
+    monkeypatch.setattr(archive.ingest, "stage_stream", copied)
     ct = pydicom.dcmread(CT_SIGNED, stop_before_pixels=True)
     retrieval = scu.get(settings, remote_of(peer), "STUDY", [ct.StudyInstanceUID], archive)
     assert [r.status for r in retrieval.instances] == ["stored"]
-    assert list(received.iterdir()) == []
+    assert list(temporary.iterdir()) == []
+    assert list(archive.blobs.staging_dir.iterdir()) == []
+    assert (RECEIVING.max_bytes, RECEIVING.directory) == (None, None)  # the process default is left alone
+
+
+def test_get_refuses_an_instance_over_the_size_limit_as_it_arrives(
+    qrscp: tuple[Peer, Peer], settings: DimseSettings, tmp_path: Path
+) -> None:
+    """0xA700 to the peer, the reason kept, nothing of it on disk: as the listener does."""
+    peer, _ = qrscp
+    limit = 64 * 1024
+    assert Path(CT_SIGNED).stat().st_size > limit
+    node = build_archive(
+        Settings(storage=StorageSettings(data_dir=tmp_path / "small"), limits=LimitSettings(max_object_bytes=limit))
+    )
+    try:
+        ct = pydicom.dcmread(CT_SIGNED, stop_before_pixels=True)
+        with capture_logs() as logs:
+            retrieval = scu.get(settings, remote_of(peer), "STUDY", [ct.StudyInstanceUID], node)
+        # Stopped while it arrived (received.py), not read whole and refused by the ingest.
+        assert [entry["error"] for entry in logs if entry["event"] == "dimse.store.not_received"] == ["LimitExceeded"]
+        assert [(r.status, r.failure_code, r.reason) for r in retrieval.instances] == [
+            ("rejected", 0xA700, f"object is larger than {limit} bytes")
+        ]
+        assert (retrieval.completed, retrieval.failed) == (0, 1)  # the peer heard it
+        assert stored_by_uid(node) == {}
+        assert list(node.blobs.staging_dir.iterdir()) == []
+    finally:
+        node.close()
 
 
 def test_get_answers_a_conflicting_duplicate_as_our_scp_does(

@@ -142,3 +142,31 @@ def test_a_whole_data_set_has_no_failure(receiving: Path) -> None:
     assert received.receive_failure(SimpleNamespace(_dataset_file=written)) is None
     assert Path(written.name).stat().st_size == 1000
     written.close()
+
+
+def test_an_association_can_receive_elsewhere_under_its_own_limit(receiving: Path, tmp_path: Path) -> None:
+    """``receive_for``: files pynetdicom makes for that association only, the process default kept."""
+    own = tmp_path / "own"
+    own.mkdir()
+    assoc = SimpleNamespace()
+    other = SimpleNamespace()
+    received.receive_for(assoc, own, 100)
+    with received.receiving_as(assoc):
+        mine = received.HashingTemporaryFile(delete=False, mode="wb", suffix=".dcm")
+    with received.receiving_as(other):
+        theirs = received.HashingTemporaryFile(delete=False, mode="wb", suffix=".dcm")
+    outside = received.HashingTemporaryFile(delete=False, mode="wb", suffix=".dcm")
+    assert Path(mine.name).parent == own
+    assert Path(theirs.name).parent == receiving
+    assert Path(outside.name).parent == receiving
+    for written in (mine, theirs, outside):
+        written.write(b"z" * 500)  # past the association's 100, within the process's 1,000
+    assert isinstance(received.receive_failure(SimpleNamespace(_dataset_file=mine)), LimitExceeded)
+    assert not Path(mine.name).exists()
+    assert received.receive_failure(SimpleNamespace(_dataset_file=theirs)) is None
+    assert received.receive_failure(SimpleNamespace(_dataset_file=outside)) is None
+    for written in (mine, theirs, outside):
+        written.close()
+    assert received.receiving_of(assoc) == received.Receiving(100, str(own.absolute()))
+    assert received.receiving_of(other) is received.RECEIVING
+    assert received.RECEIVING.max_bytes == 1000

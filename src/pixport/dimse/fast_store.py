@@ -39,7 +39,7 @@ from pynetdicom import association as pynetdicom_association
 from pynetdicom import evt
 from pynetdicom.pdu_primitives import P_DATA
 
-from pixport.dimse import commandset, reactor
+from pixport.dimse import commandset, reactor, received
 from pixport.dimse.pdu_reader import P_DATA_TF_TYPE
 from pixport.dimse.received import HashingTemporaryFile
 
@@ -127,7 +127,7 @@ class FastStoreDIMSE(reactor.WakingDIMSE):
 
     def receive_primitive(self, primitive: P_DATA) -> None:
         if not self.takes_fragments():
-            super().receive_primitive(primitive)
+            self._pynetdicom_receive(primitive)
             return
         self.receive_fragments(primitive.presentation_data_value_list)
 
@@ -164,7 +164,12 @@ class FastStoreDIMSE(reactor.WakingDIMSE):
         """Hand fragments to pynetdicom's own assembly (as one P-DATA primitive)."""
         forwarded = P_DATA()
         forwarded.presentation_data_value_list = [[context_id, bytes(data)] for context_id, data in values]  # type: ignore[misc]
-        super().receive_primitive(forwarded)
+        self._pynetdicom_receive(forwarded)
+
+    def _pynetdicom_receive(self, primitive: P_DATA) -> None:
+        """Assemble as pynetdicom does, its data set files made where this association receives."""
+        with received.receiving_as(self.assoc):
+            super().receive_primitive(primitive)
 
     def _begin(self, context_id: int, command: bytes) -> _Incoming | None:
         """Start receiving a C-STORE's data set, or None if the message is not one we take."""
@@ -183,7 +188,7 @@ class FastStoreDIMSE(reactor.WakingDIMSE):
         context = self.assoc._accepted_cx.get(context_id)  # noqa: SLF001
         if context is None or not sop_class or not sop_instance:
             return None
-        file = HashingTemporaryFile(delete=False, mode="wb", suffix=".dcm")
+        file = HashingTemporaryFile(delete=False, mode="wb", suffix=".dcm", receiving=received.receiving_of(self.assoc))
         try:
             file.write(bytes(128) + b"DICM")
             file.write(commandset.file_meta_bytes(sop_class, sop_instance, str(context.transfer_syntax[0])))

@@ -20,6 +20,8 @@ import errno
 import hashlib
 import os
 import tempfile
+from collections.abc import Iterator
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,12 +35,17 @@ WRITE_BUFFER = 64 * 1024
 
 @dataclass
 class Receiving:
-    """Where this process's incoming data sets go, and how large one may grow (``receive_into``)."""
+    """Where incoming data sets go (None: ``tempfile.gettempdir()``), and how large one may grow."""
 
     max_bytes: int | None = None
+    directory: str | None = None
 
 
+# This process's default (``receive_into``); an association may have its own (``receive_for``).
 RECEIVING = Receiving()
+_ASSOCIATION_ATTRIBUTE = "pixport_receiving"
+# The receiving association's own, while pynetdicom decodes a message for it (``receiving_as``).
+_CURRENT: ContextVar[Receiving | None] = ContextVar("pixport_receiving", default=None)
 
 
 def receive_into(directory: Path, max_bytes: int) -> None:
@@ -50,6 +57,32 @@ def receive_into(directory: Path, max_bytes: int) -> None:
     """
     tempfile.tempdir = str(directory.absolute())
     RECEIVING.max_bytes = max_bytes
+
+
+def receive_for(assoc: Any, directory: Path, max_bytes: int | None) -> None:
+    """Have ``assoc``'s incoming data sets written in ``directory``, none past ``max_bytes``.
+
+    For an association of a process that does more than serve DICOM: the requester of a C-GET
+    (``scu.get``) receives into the archive's staging area, under its size limit, and leaves
+    the process-wide default alone.
+    """
+    setattr(assoc, _ASSOCIATION_ATTRIBUTE, Receiving(max_bytes, str(directory.absolute())))
+
+
+def receiving_of(assoc: Any) -> Receiving:
+    """Where ``assoc``'s incoming data sets go: its own setting, else the process's."""
+    own: Receiving | None = getattr(assoc, _ASSOCIATION_ATTRIBUTE, None)
+    return own if own is not None else RECEIVING
+
+
+@contextlib.contextmanager
+def receiving_as(assoc: Any) -> Iterator[None]:
+    """Files pynetdicom makes in this block (it makes them with no word of the association) are ``assoc``'s."""
+    token = _CURRENT.set(getattr(assoc, _ASSOCIATION_ATTRIBUTE, None))
+    try:
+        yield
+    finally:
+        _CURRENT.reset(token)
 
 
 def _write_error(exc: OSError) -> StorageUnavailable:
@@ -79,14 +112,20 @@ class HashingTemporaryFile:
     Made directly (``os.open`` with ``O_EXCL``, an explicit buffer size) rather than through
     ``tempfile.NamedTemporaryFile``, whose wrapper, name sequence and ``isatty`` probe were a
     measurable part of a small C-STORE.  The name is random, in ``tempfile.gettempdir()``
-    (the listener points that at the archive's staging area).
+    (the listener points that at the archive's staging area), or the receiving association's
+    own directory (``receive_for``).
     """
 
-    def __init__(self, *, delete: bool = False, mode: str = "wb", suffix: str = "") -> None:
+    def __init__(
+        self, *, delete: bool = False, mode: str = "wb", suffix: str = "", receiving: Receiving | None = None
+    ) -> None:
         if delete or mode != "wb":
             msg = "only delete=False, mode='wb' (as pynetdicom asks)"
             raise ValueError(msg)
-        directory = tempfile.gettempdir()
+        if receiving is None:
+            receiving = _CURRENT.get() or RECEIVING
+        directory = receiving.directory or tempfile.gettempdir()
+        self._max_bytes = receiving.max_bytes
         self._sha = hashlib.sha256()
         self.size = 0  # bytes received, written or not
         self.failure: StorageUnavailable | LimitExceeded | None = None
@@ -116,8 +155,8 @@ class HashingTemporaryFile:
         self.size += length
         if self.failure is not None:
             return length
-        if RECEIVING.max_bytes is not None and self.size > RECEIVING.max_bytes:
-            self._fail(LimitExceeded(f"object is larger than {RECEIVING.max_bytes} bytes"))
+        if self._max_bytes is not None and self.size > self._max_bytes:
+            self._fail(LimitExceeded(f"object is larger than {self._max_bytes} bytes"))
             return length
         try:
             self._file.write(data)

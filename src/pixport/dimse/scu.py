@@ -62,6 +62,7 @@ from pixport.archive.node import Archive
 from pixport.config import DimseSettings, RemoteNode
 from pixport.dicom.pixels import transcode_to_explicit_vr_little_endian
 from pixport.dimse.network import NODELAY_HANDLERS, client_ssl_context, configure_pynetdicom, find_remote
+from pixport.dimse.received import receive_for
 from pixport.dimse.store import store_event
 from pixport.errors import (
     BadQuery,
@@ -781,6 +782,10 @@ def get(  # noqa: PLR0913  the standard's parameters
     with associate(
         settings, remote, contexts, roles=roles, handlers=[(evt.EVT_C_STORE, receiver.handle_store)]
     ) as assoc:
+        # Into the archive's staging area, under its size limit, as the listener receives: a
+        # data set too large, or a full disk, is answered 0xA700 as it arrives (received.py),
+        # and one that arrives whole is adopted where it is, not copied.
+        receive_for(assoc, into.blobs.staging_dir, into.ingest.limits.max_object_bytes)
         for response, _ in assoc.send_c_get(identifier, get_model):
             status = _status(response, remote, "C-GET")
             final = _final_counts(response, status)
