@@ -23,6 +23,11 @@ PixportError
 
 from __future__ import annotations
 
+import errno
+
+# A write or flush that failed for want of space: the caller may try again once some is freed.
+DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
+
 
 class PixportError(Exception):
     """Base class of every error PixPort raises on purpose."""
@@ -38,6 +43,17 @@ class StorageUnavailable(PixportError):
 
 class OutOfResources(StorageUnavailable):
     """No space left, or another resource exhausted; nothing was stored."""
+
+
+def storage_error(exc: OSError, *, full: str, failed: str) -> StorageUnavailable:
+    """A failed file operation as the caller should hear it.
+
+    ``OutOfResources(full)`` for a full disk or quota, else ``StorageUnavailable`` with the
+    system's reason after ``failed``: never the path, which ``str(exc)`` would quote.
+    """
+    if exc.errno in DISK_FULL:
+        return OutOfResources(full)
+    return StorageUnavailable(f"{failed}: {exc.strerror or type(exc).__name__}")
 
 
 class InstanceRejected(PixportError):

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import os
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from pixport.errors import LimitExceeded, OutOfResources, StorageUnavailable
+from pixport.errors import LimitExceeded, StorageUnavailable, storage_error
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,9 +21,7 @@ class StagedFile:
 
 
 def _storage_error(exc: OSError) -> StorageUnavailable:
-    if exc.errno in {errno.ENOSPC, errno.EDQUOT}:
-        return OutOfResources("no space left in the staging area")
-    return StorageUnavailable(f"staging area failed: {exc.strerror}")
+    return storage_error(exc, full="no space left in the staging area", failed="staging area failed")
 
 
 class StagingFile:

@@ -16,7 +16,6 @@ handler answers with 0xA700 once the data set has arrived.
 from __future__ import annotations
 
 import contextlib
-import errno
 import hashlib
 import os
 import tempfile
@@ -28,7 +27,7 @@ from typing import Any
 
 from pynetdicom import dimse_messages
 
-from pixport.errors import LimitExceeded, OutOfResources, StorageUnavailable
+from pixport.errors import LimitExceeded, StorageUnavailable, storage_error
 
 WRITE_BUFFER = 64 * 1024
 
@@ -86,9 +85,7 @@ def receiving_as(assoc: Any) -> Iterator[None]:
 
 
 def _write_error(exc: OSError) -> StorageUnavailable:
-    if exc.errno in {errno.ENOSPC, errno.EDQUOT}:
-        return OutOfResources("no space left to receive the data set")
-    return StorageUnavailable(f"cannot write the received data set: {exc.strerror}")
+    return storage_error(exc, full="no space left to receive the data set", failed="cannot write the received data set")
 
 
 class _Dropped:

@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
-import errno
 import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
 
-from pixport.errors import NotFound, OutOfResources, StorageUnavailable
+from pixport.errors import NotFound, storage_error
 
 HEX = frozenset("0123456789abcdef")
 DIGEST_LENGTH = 64
@@ -83,11 +82,7 @@ def _blob_store_errors() -> Iterator[None]:
     try:
         yield
     except OSError as exc:
-        if exc.errno in {errno.ENOSPC, errno.EDQUOT}:
-            msg = "no space left on the blob store"
-            raise OutOfResources(msg) from exc
-        msg = f"blob store failed: {exc.strerror}"
-        raise StorageUnavailable(msg) from exc
+        raise storage_error(exc, full="no space left on the blob store", failed="blob store failed") from exc
 
 
 class FilesystemBlobStore:

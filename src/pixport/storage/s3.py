@@ -10,7 +10,6 @@ key.
 from __future__ import annotations
 
 import base64
-import errno
 import hashlib
 import tempfile
 from collections.abc import Iterator, Sequence
@@ -23,7 +22,7 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
 from pixport.config import StorageSettings
-from pixport.errors import NotFound, OutOfResources, StorageUnavailable
+from pixport.errors import DISK_FULL, NotFound, OutOfResources, StorageUnavailable
 
 PREFIX = "blobs/"
 HEX = frozenset("0123456789abcdef")
@@ -67,7 +66,7 @@ def _unavailable(action: str) -> Iterator[None]:
         msg = f"object store refused to {action}: {_error_code(exc) or 'error'}"
         raise StorageUnavailable(msg) from exc
     except OSError as exc:  # sockets, and the local staging files
-        if exc.errno in {errno.ENOSPC, errno.EDQUOT}:
+        if exc.errno in DISK_FULL:
             msg = f"no space left in the staging folder ({action})"
             raise OutOfResources(msg) from exc
         msg = f"object store unavailable ({action}): {type(exc).__name__}"

@@ -20,7 +20,6 @@ between the two.
 from __future__ import annotations
 
 import contextlib
-import errno
 import fcntl
 import os
 import sqlite3
@@ -34,7 +33,7 @@ from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.dialects.sqlite import insert
 from sqlalchemy.exc import DBAPIError
 
-from pixport.errors import OutOfResources, StorageUnavailable
+from pixport.errors import StorageUnavailable, storage_error
 from pixport.storage.sql import SqlIndexStore
 
 
@@ -205,6 +204,4 @@ class SqliteIndexStore(SqlIndexStore):
 
 
 def _storage_error(exc: OSError) -> StorageUnavailable:
-    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        return OutOfResources("no space left for the index")
-    return StorageUnavailable(f"index log not flushed: {errno.errorcode.get(exc.errno or 0, 'error')}")
+    return storage_error(exc, full="no space left for the index", failed="index log not flushed")
