@@ -476,6 +476,24 @@ def test_cli_echo_send_and_unreachable(tmp_path: Path) -> None:
         table = pixport(tmp_path / "data", "dimse", "send", peer.address, AS_STORED[0])
         assert "Send summary" in table.stdout
         assert "every DICOM instance was stored" in table.stdout
+        # A mistyped path is not a success: the rest is sent, and the command fails and says why.
+        missing = tmp_path / "no-such-folder"
+        partly = pixport(tmp_path / "data", "dimse", "send", "--json", peer.address, AS_STORED[1], missing)
+        assert partly.returncode == 1, partly.stderr
+        summary = json.loads(partly.stdout)
+        assert (summary["found"], summary["sent"], summary["not_read"], summary["skipped"]) == (1, 1, 1, 0)
+        assert summary["not_read_sources"] == [{"source": str(missing), "reason": "no such file or folder"}]
+        shown = pixport(tmp_path / "data", "dimse", "send", peer.address, missing)
+        assert shown.returncode == 1
+        assert "no such file or folder" in shown.stdout
+        assert "Result: 1 source could not be read." in shown.stdout
+        # A folder with nothing to send fails too, rather than report that all went well.
+        empty = tmp_path / "empty"
+        empty.mkdir()
+        (empty / "notes.txt").write_text("not DICOM")
+        nothing = pixport(tmp_path / "data", "dimse", "send", peer.address, empty)
+        assert nothing.returncode == 1
+        assert "Result: nothing was sent: no DICOM instance was found." in nothing.stdout
     gone = pixport(tmp_path / "data", "dimse", "echo", peer.address)
     assert gone.returncode == 1
     assert f"pixport: DICOM peer {peer.address} is unavailable" in gone.stderr
@@ -504,8 +522,28 @@ def test_cli_find_get_move_against_orthanc(orthanc_with_korean: tuple[Peer, Peer
     moved = pixport(tmp_path / "data", "dimse", "move", "--json", node.address, "MOVEDEST", ct.StudyInstanceUID)
     assert moved.returncode == 0, moved.stderr
     assert json.loads(moved.stdout)["completed"] == 1
+    shown = pixport(tmp_path / "data", "dimse", "move", node.address, "MOVEDEST", ct.StudyInstanceUID)
+    assert shown.returncode == 0, shown.stderr
+    assert "Result: 1 instance sent." in shown.stdout
     refused = pixport(tmp_path / "data", "dimse", "move", node.address, "UNKNOWNDEST", ct.StudyInstanceUID)
     assert refused.returncode == 1
+    assert "Result: C-MOVE ended with status 0xC000." in refused.stdout  # Orthanc's answer to an unknown destination
+    unknown = pixport(tmp_path / "data", "dimse", "get", node.address, generate_uid())
+    assert unknown.returncode == 1
+    assert "Result: C-GET ended with status 0xC000." in unknown.stdout  # Orthanc's answer to no match
+
+
+def test_cli_get_and_move_of_nothing_fail(qrscp: tuple[Peer, Peer], tmp_path: Path) -> None:
+    """A UID the node does not hold (mistyped, say) retrieves nothing: not a success.
+
+    dcmqrscp answers such a retrieve with success and no sub-operation (Orthanc with 0xC000).
+    """
+    peer, _ = qrscp
+    for command in (["get"], ["move", "QRDEST"]):
+        nothing = pixport(tmp_path / "data", "dimse", command[0], peer.address, *command[1:], generate_uid())
+        assert nothing.returncode == 1, (command, nothing.stdout, nothing.stderr)
+        assert "0x0000" in nothing.stdout  # the node said success
+        assert "Result: the node had no instance matching these UIDs." in nothing.stdout
 
 
 def test_cli_serve_runs_or_explains(tmp_path: Path) -> None:

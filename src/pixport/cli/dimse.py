@@ -1,8 +1,10 @@
 """``pixport dimse``: DICOM networking as a client (echo, send, find, get, move) and ``serve``.
 
 REMOTE is the AE title of a node in ``dimse.remotes``, or ``AET@host:port`` for any other node.
-Exit codes: 0 success; 1 some instances were not stored, a peer refused or is unavailable;
-2 bad settings or an unknown REMOTE (mapped in ``cli/main.py``).
+Exit codes: 0 success; 1 some instances were not stored, a source given to ``send`` could not
+be read or held no DICOM instance, a ``get`` or ``move`` matched no instance, a peer refused or
+is unavailable; 2 bad settings or an
+unknown REMOTE (mapped in ``cli/main.py``).
 
 pydicom and pynetdicom load inside the commands (``pixport.dimse.scu``), not at import.
 """
@@ -95,13 +97,20 @@ def send(
     settings = settings_from(ctx).dimse
     node = scu.resolve_remote(settings, remote)
     found = discover(paths)
-    skipped = [{"source": p.name, "reason": p.reason} for p in [*found.skipped, *found.rejected]]
+    # Set aside as expected (a DICOMDIR, a file that is not DICOM), or not read at all (a path
+    # that does not exist, a file that cannot be read, a ZIP): the latter fails the command.
+    skipped = [{"source": p.name, "reason": p.reason} for p in found.skipped]
+    not_read = [{"source": p.name, "reason": p.reason} for p in found.rejected]
     files: list[Path] = []
     for source in found.sources:
         if not isinstance(source, FileSource):
-            skipped.append({"source": source.name, "reason": "inside a ZIP file: extract it to send it"})
+            not_read.append({"source": source.name, "reason": "inside a ZIP file: extract it to send it"})
             continue
-        reason = _sniffed(sniff, source.path)
+        try:
+            reason = sniff(source.path)
+        except OSError as exc:
+            not_read.append({"source": source.name, "reason": f"cannot read file: {exc.strerror}"})
+            continue
         if reason is None:
             files.append(source.path)
         else:
@@ -109,23 +118,18 @@ def send(
     with progress_bar() as progress:
         task = progress.add_task(f"Sending to {node.ae_title}", total=len(files))
         results = scu.send(settings, node, files, on_result=lambda _r: progress.advance(task))
-    summary = _send_summary(scu.describe(node), results, skipped)
+    summary = _send_summary(scu.describe(node), results, skipped, not_read)
     if as_json:
         typer.echo(orjson.dumps(summary, option=orjson.OPT_INDENT_2).decode())
     else:
         _print_send_summary(summary)
-    if summary["failed"]:
+    if summary["failed"] or summary["not_read"] or not summary["found"]:
         raise typer.Exit(EXIT_FAILED)
 
 
-def _sniffed(sniff: Callable[[Path], str | None], path: Path) -> str | None:
-    try:
-        return sniff(path)
-    except OSError as exc:
-        return f"cannot read file: {exc.strerror}"
-
-
-def _send_summary(node: str, results: list[SendResult], skipped: list[dict[str, str]]) -> dict[str, Any]:
+def _send_summary(
+    node: str, results: list[SendResult], skipped: list[dict[str, str]], not_read: list[dict[str, str]]
+) -> dict[str, Any]:
     failed = [r for r in results if not r.ok]
     return {
         "node": node,
@@ -134,6 +138,7 @@ def _send_summary(node: str, results: list[SendResult], skipped: list[dict[str, 
         "sent_as_stored": sum(1 for r in results if r.ok and not r.transcoded),
         "sent_transcoded": sum(1 for r in results if r.ok and r.transcoded),
         "failed": len(failed),
+        "not_read": len(not_read),
         "skipped": len(skipped),
         "failures": [
             {
@@ -144,6 +149,7 @@ def _send_summary(node: str, results: list[SendResult], skipped: list[dict[str, 
             }
             for r in failed
         ],
+        "not_read_sources": not_read,
         "skipped_sources": skipped,
     }
 
@@ -158,6 +164,7 @@ def _print_send_summary(summary: dict[str, Any]) -> None:
     counts.add_row("  as stored here", str(summary["sent_as_stored"]))
     counts.add_row("  decoded to Explicit VR Little Endian", str(summary["sent_transcoded"]))
     counts.add_row("Failed", str(summary["failed"]))
+    counts.add_row("Not read (missing, unreadable, in a ZIP)", str(summary["not_read"]))
     counts.add_row("Skipped (DICOMDIR, not DICOM)", str(summary["skipped"]))
     console.print(counts)
     if summary["failures"]:
@@ -167,10 +174,32 @@ def _print_send_summary(summary: dict[str, Any]) -> None:
         for f in summary["failures"]:
             problems.add_row(Text(f["source"]), f["sop_instance_uid"] or "", f["status"] or "", Text(f["reason"] or ""))
         console.print(problems)
-    if summary["failed"]:
-        console.print(f"Result: {summary['failed']} instances were not stored by the node.")
-    else:
-        console.print("Result: every DICOM instance was stored by the node.")
+    if summary["not_read_sources"]:
+        unread = Table(title="Not read")
+        for column in ("source", "reason"):
+            unread.add_column(column, overflow="fold")
+        for u in summary["not_read_sources"]:
+            unread.add_row(Text(u["source"]), Text(u["reason"]))
+        console.print(unread)
+    console.print(f"Result: {_send_result(summary)}")
+
+
+def _send_result(summary: dict[str, Any]) -> str:
+    """The summary's last line: what went wrong first, else that all went well."""
+    problems = []
+    if failed := summary["failed"]:
+        problems.append(f"{_counted(failed, 'instance')} {'was' if failed == 1 else 'were'} not stored by the node")
+    if not_read := summary["not_read"]:
+        problems.append(f"{_counted(not_read, 'source')} could not be read")
+    if problems:
+        return "; ".join(problems) + "."
+    if not summary["found"]:
+        return "nothing was sent: no DICOM instance was found."
+    return "every DICOM instance was stored by the node."
+
+
+def _counted(number: int, noun: str) -> str:
+    return f"{number} {noun}" if number == 1 else f"{number} {noun}s"
 
 
 def _parse_keys(keys: list[str]) -> dict[str, str]:
@@ -281,6 +310,26 @@ def _print_retrieval(operation: str, node: str, retrieval: Retrieval, *, as_json
     _stdout().print(table)
     for problem in summary.get("not_stored", []):
         _stdout().print(f"Not stored: {problem['sop_instance_uid']} ({problem['status']}): {problem['reason']}")
+    _stdout().print(f"Result: {_retrieval_result(operation, retrieval)}")
+
+
+def _retrieval_result(operation: str, retrieval: Retrieval) -> str:
+    """The summary's last line (see ``retrieved_nothing`` for the exit code)."""
+    if retrieval.status != 0 or retrieval.failed:
+        failed = f", {_counted(retrieval.failed, 'sub-operation')} failed" if retrieval.failed else ""
+        return f"{operation} ended with status 0x{retrieval.status:04X}{failed}."
+    not_stored = sum(1 for r in retrieval.instances if not r.ok)
+    if not_stored:
+        return f"{_counted(not_stored, 'instance')} received could not be stored here."
+    if retrieved_nothing(retrieval):
+        return "the node had no instance matching these UIDs."
+    done = "stored here" if operation == "C-GET" else "sent"
+    return f"{_counted(retrieval.completed + retrieval.warning, 'instance')} {done}."
+
+
+def retrieved_nothing(retrieval: Retrieval) -> bool:
+    """A retrieval that succeeded without a single sub-operation: no match (a mistyped UID, say)."""
+    return retrieval.ok and retrieval.completed + retrieval.warning + retrieval.failed == 0
 
 
 @dimse_app.command("get")
@@ -320,7 +369,7 @@ def get(
     finally:
         archive.close()
     _print_retrieval("C-GET", scu.describe(node), retrieval, as_json=as_json)
-    if not retrieval.ok:
+    if not retrieval.ok or retrieved_nothing(retrieval):
         raise typer.Exit(EXIT_FAILED)
 
 
@@ -341,7 +390,7 @@ def move(
     node = scu.resolve_remote(settings, remote)
     retrieval = scu.move(settings, node, destination, "STUDY", study_uids)
     _print_retrieval("C-MOVE", scu.describe(node), retrieval, as_json=as_json)
-    if not retrieval.ok:
+    if not retrieval.ok or retrieved_nothing(retrieval):
         raise typer.Exit(EXIT_FAILED)
 
 
