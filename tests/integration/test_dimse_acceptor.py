@@ -11,7 +11,7 @@ from typing import cast
 
 import pytest
 from dimse_support import AE_TITLE, Listener, dcmtk, start_listener
-from pynetdicom import AE, evt
+from pynetdicom import AE, evt, fsm
 from pynetdicom._globals import APPLICATION_CONTEXT_NAME
 from pynetdicom.pdu import A_ASSOCIATE_RQ
 from pynetdicom.pdu_primitives import A_ASSOCIATE, MaximumLengthNotification
@@ -280,4 +280,25 @@ def test_a_caller_that_asks_then_hangs_up_ends_its_acceptor(listener: Listener) 
     ready.join(10)
     assert not ready.is_alive()
     assert not ready.is_established
+    assert listener.server.active_associations == []
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+def test_a_dul_action_that_fails_before_the_request_ends_the_acceptor(
+    listener: Listener, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """pynetdicom stops a DUL whose action raised outside Sta1: the acceptor must not wait on."""
+    listener.server.ae.acse_timeout = 3600
+    ready = wait_for_ready(listener)
+
+    def failing(dul: object) -> str:
+        raise RuntimeError("an action that fails")
+
+    description, _, next_state = fsm.ACTIONS["AA-5"]
+    monkeypatch.setitem(fsm.ACTIONS, "AA-5", (description, failing, next_state))
+    with socket.create_connection(("127.0.0.1", listener.port), timeout=10):
+        pass  # AA-5 runs when the DUL sees the connection closed
+    ready.join(10)
+    assert not ready.is_alive()
+    assert ready.dul.state_machine.current_state == "Sta2"  # the action failed: never back to Sta1
     assert listener.server.active_associations == []

@@ -5,6 +5,7 @@ The library (``pixport.dimse.scu``) and the commands (``pixport dimse ...``, as 
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import socket
@@ -12,22 +13,31 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pydicom
 import pytest
+from dimse_support import after_meta, free_port
 from peers import Peer, dcmqrscp, load_with_storescu, orthanc, orthanc_get, storescp
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from pynetdicom import AE, evt
+from pynetdicom.dimse_messages import C_STORE_RQ
+from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.dsutils import split_dataset
-from pynetdicom.sop_class import CTImageStorage, Verification
+from pynetdicom.sop_class import (  # type: ignore[attr-defined]
+    CTImageStorage,
+    StudyRootQueryRetrieveInformationModelGet,
+    Verification,
+)
 from structlog.testing import capture_logs
 
 from pixport.archive.node import Archive
 from pixport.config import DimseSettings, LimitSettings, RemoteNode, Settings, StorageSettings
 from pixport.dimse import scu
+from pixport.dimse.network import configure_pynetdicom
 from pixport.dimse.received import RECEIVING
 from pixport.errors import ConfigurationError, PeerUnavailable
 from pixport.wiring import build_archive
@@ -381,6 +391,59 @@ def test_get_answers_a_conflicting_duplicate_as_our_scp_does(
     assert (retrieval.completed, retrieval.failed) == (0, 1)
     assert not retrieval.ok
     assert stored_by_uid(archive)[str(other.SOPInstanceUID)] == held.read_bytes()
+
+
+def test_get_cut_off_mid_instance_leaves_nothing_behind(settings: DimseSettings, archive: Archive) -> None:
+    """A peer that vanishes halfway through a C-GET's C-STORE: its partial file is deleted.
+
+    The peer is pynetdicom, sending the first half of the sub-operation's PDUs by hand and
+    then closing its socket once the partial data set is in our staging area.
+    """
+    ct = pydicom.dcmread(CT_SIGNED)
+    buffer = io.BytesIO()
+    pydicom.dcmwrite(buffer, ct, enforce_file_format=False)
+    data_set = after_meta(buffer.getvalue())
+    staging = archive.blobs.staging_dir
+    cut: list[bool] = []
+
+    def handle_get(event: Any) -> Iterator[Any]:
+        yield 1
+        context = next(c for c in event.assoc.accepted_contexts if c.abstract_syntax == CTImageStorage)
+        request = C_STORE()
+        request.MessageID = 1
+        request.AffectedSOPClassUID = CTImageStorage
+        request.AffectedSOPInstanceUID = ct.SOPInstanceUID
+        request.Priority = 2
+        request.DataSet = io.BytesIO(data_set)
+        message = C_STORE_RQ()
+        message.primitive_to_message(request)
+        fragments = list(message.encode_msg(context.context_id, 4096))
+        for pdata in fragments[: len(fragments) // 2]:
+            event.assoc.dul.send_pdu(pdata)
+        deadline = time.monotonic() + 10
+        while not any(p.stat().st_size for p in staging.iterdir()) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        cut.append(any(staging.iterdir()))
+        event.assoc.dul.socket.socket.shutdown(socket.SHUT_RDWR)  # gone, without A-ABORT
+
+    configure_pynetdicom()
+    peer_ae = AE(ae_title="CUTOFF")
+    peer_ae.add_supported_context(StudyRootQueryRetrieveInformationModelGet)
+    peer_ae.add_supported_context(CTImageStorage, ct.file_meta.TransferSyntaxUID, scu_role=True, scp_role=True)
+    port = free_port()
+    server = peer_ae.start_server(("127.0.0.1", port), block=False, evt_handlers=[(evt.EVT_C_GET, handle_get)])
+    try:
+        remote = RemoteNode(ae_title="CUTOFF", host="127.0.0.1", port=port)
+        with pytest.raises(PeerUnavailable):
+            scu.get(settings, remote, "STUDY", [ct.StudyInstanceUID], archive, sop_class_uids=[CTImageStorage])
+    finally:
+        server.shutdown()
+    assert cut == [True]  # the partial data set was in staging when the peer vanished
+    deadline = time.monotonic() + 10
+    while any(staging.iterdir()) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert list(staging.iterdir()) == []
+    assert stored_by_uid(archive) == {}
 
 
 def test_move_from_dcmqrscp_to_storescp(qrscp: tuple[Peer, Peer], settings: DimseSettings) -> None:

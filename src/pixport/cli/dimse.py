@@ -329,7 +329,9 @@ def _retrieval_result(operation: str, retrieval: Retrieval) -> str:
 
 def retrieved_nothing(retrieval: Retrieval) -> bool:
     """A retrieval that succeeded without a single sub-operation: no match (a mistyped UID, say)."""
-    return retrieval.ok and retrieval.completed + retrieval.warning + retrieval.failed == 0
+    counted = retrieval.completed + retrieval.warning + retrieval.failed
+    # A C-GET's own record too: a peer may leave the counts out of its final response.
+    return retrieval.ok and counted == 0 and not retrieval.instances
 
 
 @dimse_app.command("get")

@@ -111,7 +111,9 @@ class ReadyAcceptor(Association):
         timeout = self.acse_timeout
         deadline = None if timeout is None else time.monotonic() + timeout
         while dul.to_user_queue.empty():
-            if dul.back_to_idle.is_set() or not dul.is_alive():
+            # An action that failed stops the DUL outside Sta1 (pynetdicom's do_action kills
+            # it), and its last wake-up may come while it still counts as alive.
+            if dul.back_to_idle.is_set() or dul._kill_thread or not dul.is_alive():  # noqa: SLF001
                 return False
             remaining = None if deadline is None else deadline - time.monotonic()
             if remaining is not None and remaining <= 0:

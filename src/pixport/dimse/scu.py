@@ -63,7 +63,7 @@ from pixport.config import DimseSettings, RemoteNode
 from pixport.dicom.pixels import transcode_to_explicit_vr_little_endian
 from pixport.dimse.network import NODELAY_HANDLERS, client_ssl_context, configure_pynetdicom, find_remote
 from pixport.dimse.received import receive_for
-from pixport.dimse.store import store_event
+from pixport.dimse.store import discard_partial_data_set, store_event
 from pixport.errors import (
     BadQuery,
     ConfigurationError,
@@ -779,9 +779,13 @@ def get(  # noqa: PLR0913  the standard's parameters
     roles = [build_role(uid, scp_role=True) for uid in dict.fromkeys(str(cx.abstract_syntax) for cx in contexts[1:])]
     receiver = _Receiver(into, f"dimse:{remote.ae_title}")
     final = Retrieval(CANNOT_UNDERSTAND)
-    with associate(
-        settings, remote, contexts, roles=roles, handlers=[(evt.EVT_C_STORE, receiver.handle_store)]
-    ) as assoc:
+    handlers = [
+        (evt.EVT_C_STORE, receiver.handle_store),
+        # A peer that aborts or vanishes mid-instance: its partial file is deleted, as the
+        # listener's would be.
+        (evt.EVT_CONN_CLOSE, discard_partial_data_set),
+    ]
+    with associate(settings, remote, contexts, roles=roles, handlers=handlers) as assoc:
         # Into the archive's staging area, under its size limit, as the listener receives: a
         # data set too large, or a full disk, is answered 0xA700 as it arrives (received.py),
         # and one that arrives whole is adopted where it is, not copied.
