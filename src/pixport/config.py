@@ -64,6 +64,8 @@ class DimseSettings(Section):
     remotes: list[RemoteNode] = Field(default_factory=list)
     """Known nodes: C-MOVE destinations, and the callers accepted when ``allow_any_caller`` is off."""
     allow_any_caller: bool = False
+    check_caller_host: bool = False
+    """Refuse a known AE title calling from any address but its node's ``host`` (resolved at start)."""
     """Accept associations from calling AE titles not in ``remotes``."""
     tls_certificate: Path | None = None
     """PEM certificate (chain) of this node; with ``tls_private_key``, the listener speaks TLS."""

@@ -15,9 +15,13 @@ from typing import Any
 
 import pydicom
 from pynetdicom import AE
+from pynetdicom._globals import APPLICATION_CONTEXT_NAME
 from pynetdicom.association import Association
 from pynetdicom.dimse_messages import C_STORE_RQ
 from pynetdicom.dimse_primitives import C_STORE
+from pynetdicom.pdu import A_ASSOCIATE_RQ
+from pynetdicom.pdu_primitives import A_ASSOCIATE, MaximumLengthNotification
+from pynetdicom.presentation import PresentationContext
 
 from pixport import build_archive, load_settings
 from pixport.archive.node import Archive
@@ -162,3 +166,22 @@ def caller_has_nodelay(event: Any) -> bool:
             return sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
     msg = f"no association of this process calls from port {port}"
     raise AssertionError(msg)
+
+
+def association_request(called: str, calling: str) -> bytes:
+    """An A-ASSOCIATE-RQ PDU for Verification, as a requestor would send it."""
+    primitive = A_ASSOCIATE()
+    primitive.application_context_name = APPLICATION_CONTEXT_NAME
+    primitive.calling_ae_title = calling
+    primitive.called_ae_title = called
+    context = PresentationContext()
+    context.context_id = 1
+    context.abstract_syntax = "1.2.840.10008.1.1"  # Verification
+    context.transfer_syntax = ["1.2.840.10008.1.2"]
+    primitive.presentation_context_definition_list = [context]
+    length = MaximumLengthNotification()
+    length.maximum_length_received = 16384
+    primitive.user_information = [length]
+    pdu = A_ASSOCIATE_RQ()
+    pdu.from_primitive(primitive)
+    return bytes(pdu.encode())

@@ -10,12 +10,8 @@ from pathlib import Path
 from typing import cast
 
 import pytest
-from dimse_support import AE_TITLE, Listener, dcmtk, start_listener
+from dimse_support import AE_TITLE, Listener, association_request, dcmtk, start_listener
 from pynetdicom import AE, evt, fsm
-from pynetdicom._globals import APPLICATION_CONTEXT_NAME
-from pynetdicom.pdu import A_ASSOCIATE_RQ
-from pynetdicom.pdu_primitives import A_ASSOCIATE, MaximumLengthNotification
-from pynetdicom.presentation import PresentationContext
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from pixport.dimse import acceptor as acceptor_module
@@ -252,31 +248,12 @@ def test_a_caller_that_hangs_up_before_asking_frees_its_place_at_once(listener: 
         assoc.release()
 
 
-def association_request(called: str) -> bytes:
-    """An A-ASSOCIATE-RQ PDU for Verification, as a requestor would send it."""
-    primitive = A_ASSOCIATE()
-    primitive.application_context_name = APPLICATION_CONTEXT_NAME
-    primitive.calling_ae_title = "ACCEPTORTEST"
-    primitive.called_ae_title = called
-    context = PresentationContext()
-    context.context_id = 1
-    context.abstract_syntax = Verification
-    context.transfer_syntax = ["1.2.840.10008.1.2"]
-    primitive.presentation_context_definition_list = [context]
-    length = MaximumLengthNotification()
-    length.maximum_length_received = 16384
-    primitive.user_information = [length]
-    pdu = A_ASSOCIATE_RQ()
-    pdu.from_primitive(primitive)
-    return bytes(pdu.encode())
-
-
 def test_a_caller_that_asks_then_hangs_up_ends_its_acceptor(listener: Listener) -> None:
     """A request already in when the connection closes is read first, and the acceptor ends."""
     listener.server.ae.acse_timeout = 3600
     ready = wait_for_ready(listener)
     with socket.create_connection(("127.0.0.1", listener.port), timeout=10) as caller:
-        caller.sendall(association_request(AE_TITLE))
+        caller.sendall(association_request(AE_TITLE, "ACCEPTORTEST"))
     ready.join(10)
     assert not ready.is_alive()
     assert not ready.is_established

@@ -17,6 +17,7 @@ from dimse_support import (
     CORPUS,
     Listener,
     after_meta,
+    association_request,
     dcmtk,
     dcmtk_environment,
     free_port,
@@ -357,6 +358,68 @@ def test_unknown_caller_is_refused(tmp_path: Path) -> None:
         assert "reject" in (refused.stdout + refused.stderr).lower()
         accepted = dcmtk("echoscu", "-aet", "KNOWN", "-aec", AE_TITLE, "127.0.0.1", node.port)
         assert accepted.returncode == 0, accepted.stderr
+
+
+A_ASSOCIATE_AC_TYPE = 0x02
+A_ASSOCIATE_RJ_TYPE = 0x03
+A_RELEASE_RQ = bytes((0x05, 0, 0, 0, 0, 4, 0, 0, 0, 0))
+
+
+def answer_from(address: str, port: int, calling: str) -> tuple[int, bytes]:
+    """The listener's answer to a Verification A-ASSOCIATE-RQ from ``address``: PDU type, body.
+
+    A bare socket bound to one of the loopback addresses (127.0.0.0/8 all reach the listener),
+    released at once when accepted.
+    """
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as caller:
+        caller.settimeout(10)
+        caller.bind((address, 0))
+        caller.connect(("127.0.0.1", port))
+        caller.sendall(association_request(AE_TITLE, calling))
+        header = read_exactly(caller, 6)
+        body = read_exactly(caller, int.from_bytes(header[2:6], "big"))
+        if header[0] == A_ASSOCIATE_AC_TYPE:
+            caller.sendall(A_RELEASE_RQ)
+            read_exactly(caller, 10)  # A-RELEASE-RP
+        return header[0], body
+
+
+def read_exactly(sock: socket.socket, size: int) -> bytes:
+    data = bytearray()
+    while len(data) < size:
+        chunk = sock.recv(size - len(data))
+        assert chunk, "the listener closed the connection"
+        data += chunk
+    return bytes(data)
+
+
+def test_a_known_caller_from_another_host_is_refused_when_hosts_are_checked(tmp_path: Path) -> None:
+    remotes = [
+        {"ae_title": "KNOWN", "host": "127.0.0.1", "port": 104},
+        {"ae_title": "NAMED", "host": "localhost", "port": 104},  # resolved when the listener starts
+        {"ae_title": "NOWHERE", "host": "no-such-host.invalid", "port": 104},
+    ]
+    for node in start_listener(tmp_path, remotes=remotes, allow_any_caller=False, check_caller_host=True):
+        accepted = dcmtk("echoscu", "-aet", "KNOWN", "-aec", AE_TITLE, "127.0.0.1", node.port)
+        assert accepted.returncode == 0, accepted.stderr
+        assert answer_from("127.0.0.1", node.port, "NAMED")[0] == A_ASSOCIATE_AC_TYPE
+        for calling in ("KNOWN", "NAMED", "NOWHERE"):
+            kind, body = answer_from("127.0.0.2", node.port, calling)
+            # Rejected, permanent, "calling AE title not recognized": the answer to an unknown
+            # title, so a prober learns nothing more.
+            assert (kind, body[1:4]) == (A_ASSOCIATE_RJ_TYPE, bytes((0x01, 0x01, 0x03))), calling
+        assert answer_from("127.0.0.1", node.port, "STRANGER") == (A_ASSOCIATE_RJ_TYPE, bytes((0, 1, 1, 3)))
+        # Each rejected acceptor ends once its caller has closed: no place held.
+        deadline = time.monotonic() + 10
+        while node.server.active_associations and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert node.server.active_associations == []
+
+
+def test_hosts_are_not_checked_unless_asked(tmp_path: Path) -> None:
+    remotes = [{"ae_title": "KNOWN", "host": "127.0.0.1", "port": 104}]
+    for node in start_listener(tmp_path, remotes=remotes, allow_any_caller=False):
+        assert answer_from("127.0.0.2", node.port, "KNOWN")[0] == A_ASSOCIATE_AC_TYPE
 
 
 def test_accepted_sockets_have_tcp_nodelay(listener: Listener) -> None:

@@ -32,6 +32,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 from pixport.archive.node import Archive
 from pixport.config import Settings
 from pixport.dimse.acceptor import AcceptorSlot
+from pixport.dimse.callers import permitted_addresses, refuse_from_elsewhere
 from pixport.dimse.commitment import STORAGE_COMMITMENT_PUSH_MODEL, handle_n_action
 from pixport.dimse.find import handle_c_find
 from pixport.dimse.network import NODELAY_HANDLERS, configure_pynetdicom, server_ssl_context
@@ -243,8 +244,13 @@ def build_ae(settings: Settings) -> Any:
 
 def event_handlers(archive: Archive, settings: Settings) -> list[tuple[Any, Any]]:
     """Every handler the listener binds (TCP_NODELAY first)."""
+    callers = []
+    if settings.dimse.check_caller_host:
+        permitted = permitted_addresses(settings.dimse.remotes)
+        callers.append((evt.EVT_REQUESTED, partial(refuse_from_elsewhere, permitted=permitted)))
     return [
         *NODELAY_HANDLERS,
+        *callers,
         (evt.EVT_C_ECHO, _handle_c_echo),
         (evt.EVT_C_STORE, safe_on_receiving_thread(partial(handle_c_store, archive=archive))),
         (evt.EVT_C_FIND, partial(handle_c_find, archive=archive)),
